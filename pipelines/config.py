@@ -1,0 +1,113 @@
+"""The preprocessing job's configuration: one frozen dataclass, loadable from YAML, overridable by CLI flags."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class FitMode(str, enum.Enum):
+    """How a WxH image becomes resolution x resolution."""
+
+    CENTER_CROP = "center-crop"  # scale the short side to the target, crop the centre
+    PAD = "pad"                  # scale the long side to the target, pad with black, image centred
+    STRETCH = "stretch"          # scale each axis independently (aspect ratio not kept)
+
+
+class PixelEncoding(str, enum.Enum):
+    RAW = "raw"  # height * width * channels uint8 bytes, HWC
+    PNG = "png"  # a PNG file of the normalised image (smaller, costs an encode/decode)
+
+
+class LabelMode(str, enum.Enum):
+    NONE = "none"        # no labels: label and label_index are null
+    DIRS = "dirs"        # the name of the file's parent directory (below the input root)
+    SIDECAR = "sidecar"  # a CSV/JSON file mapping path -> label (PreprocessConfig.labels_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    resolution: int = 64                      # output side in pixels (square)
+    fit: FitMode = FitMode.CENTER_CROP
+    labels: LabelMode = LabelMode.NONE
+    labels_path: str | None = None            # the sidecar file when labels == SIDECAR
+    pixel_encoding: PixelEncoding = PixelEncoding.RAW
+    min_size: int = 32                        # reject (too_small) when the original short side is below this, pixels
+    max_pixels: int = 64_000_000              # decompression-bomb limit on declared width*height (too_large)
+    max_file_bytes: int = 64 * 1024 * 1024    # files above this are rejected as too_large, bytes
+    max_aspect: float = 4.0                   # reject (bad_aspect) when long side / short side exceeds this
+    min_std: float = 2.0                      # reject (blank) when the std of the grey image (0..255) is below this
+    image_column: str | None = None           # Parquet inputs: the column with the image bytes (None: guess)
+    arrow_batch_rows: int = 32                # rows per Arrow batch into the decode stage
+    arrow_batch_bytes: int = 256 * 1024 * 1024  # and at most this many bytes per batch (far below Arrow's 2 GB)
+    partitions: int | None = None             # decode-stage partitions; None: 3 x the cores Spark has
+    near_dup_distance: int = 0                # placeholder for 3/8 (dedup): pHash Hamming distance, 0 = exact only
+    incremental: bool = False                 # placeholder for 3/8: append a run to an existing dataset
+    overwrite: bool = False                   # replace an existing complete dataset at OUT
+    progress_interval_s: float = 5.0          # how often the progress line is printed, seconds
+
+    def __post_init__(self) -> None:
+        # Accept plain strings (from YAML/CLI) for the enums, then validate.
+        for name, kind in (("fit", FitMode), ("labels", LabelMode), ("pixel_encoding", PixelEncoding)):
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                try:
+                    object.__setattr__(self, name, kind(value))
+                except ValueError:
+                    raise ValueError(f"{name}: expected one of {[k.value for k in kind]}, got {value!r}") from None
+        if self.labels == LabelMode.SIDECAR and not self.labels_path:
+            raise ValueError("labels=sidecar needs labels_path (a .csv or .json file)")
+        if self.resolution < 8 or self.resolution > 4096:
+            raise ValueError(f"resolution: expected 8..4096 pixels, got {self.resolution}")
+        if self.min_size < 1:
+            raise ValueError(f"min_size: expected >= 1, got {self.min_size}")
+        if self.max_aspect < 1.0:
+            raise ValueError(f"max_aspect: expected >= 1.0, got {self.max_aspect}")
+        if self.arrow_batch_rows < 1 or self.arrow_batch_bytes < 1024:
+            raise ValueError(f"arrow batch bounds too small: rows={self.arrow_batch_rows} bytes={self.arrow_batch_bytes}")
+        if self.arrow_batch_bytes >= 2**31 - 1:
+            raise ValueError(f"arrow_batch_bytes must stay below 2 GiB, got {self.arrow_batch_bytes}")
+        if self.partitions is not None and self.partitions < 1:
+            raise ValueError(f"partitions: expected >= 1 or None, got {self.partitions}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: enums as their values."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, enum.Enum) else value
+        return out
+
+    def replace(self, **changes: Any) -> "PreprocessConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown preprocess config keys {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "PreprocessConfig":
+        """YAML file, then `overrides` (CLI flags that were given) on top."""
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a YAML mapping of config keys, found {type(data).__name__}")
+        data = {k.replace("-", "_"): v for k, v in data.items()}
+        data.update(overrides)
+        return cls.from_dict(data)
+
+
+def parse_labels_arg(value: str) -> tuple[LabelMode, str | None]:
+    """--labels dirs|none|PATH.csv|PATH.json -> (mode, sidecar path)."""
+    if value in (LabelMode.NONE.value, LabelMode.DIRS.value):
+        return LabelMode(value), None
+    if value.lower().endswith((".csv", ".json")):
+        return LabelMode.SIDECAR, value
+    raise ValueError(f"--labels: expected 'dirs', 'none' or a .csv/.json sidecar path, got {value!r}")

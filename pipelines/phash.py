@@ -1,0 +1,77 @@
+"""pHash (imagehash's algorithm, hash_size 8), batched over many images.
+
+imagehash.phash(image) does, per image:
+    small = image.convert("L").resize((32, 32), LANCZOS)
+    dct   = scipy.fftpack.dct(scipy.fftpack.dct(small, axis=0), axis=1)
+    low   = dct[:8, :8];  bits = low > median(low)
+and `str(hash)` / int(str(hash), 16) reads the 64 bits row-major, the first bit most significant.
+
+Here the resize stays per image (`canonical_gray`, PIL in C) and the DCT + median + bit packing
+run once per batch on a (B, 32, 32) array with the same scipy.fftpack routine and the same
+numpy median, so the result is bit-for-bit imagehash's (tests/pipelines/test_phash.py checks it
+on hundreds of images, constant images and median ties included).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.fftpack
+from PIL import Image
+
+HASH_SIZE = 8
+HIGHFREQ_FACTOR = 4
+SMALL = HASH_SIZE * HIGHFREQ_FACTOR  # 32: side of the canonical grey image
+
+# Row-major bit weights: bit (0, 0) is the most significant of 64, as in imagehash's hex string.
+_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)).reshape(HASH_SIZE, HASH_SIZE)
+
+
+def canonical_gray(image: Image.Image) -> np.ndarray:
+    """The (32, 32) uint8 grey image pHash is computed on: convert("L") then LANCZOS, as imagehash does."""
+    return np.asarray(image.convert("L").resize((SMALL, SMALL), Image.Resampling.LANCZOS))
+
+
+def phash_bits(grays: np.ndarray) -> np.ndarray:
+    """(B, 32, 32) grey images -> (B, 8, 8) bool pHash bits."""
+    if grays.ndim != 3 or grays.shape[1:] != (SMALL, SMALL):
+        raise ValueError(f"expected grey images of shape (B, {SMALL}, {SMALL}), got {grays.shape}")
+    # imagehash hands scipy a uint8 array; fftpack converts to float64 the same way for a batch.
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(grays, axis=1), axis=2)
+    low = dct[:, :HASH_SIZE, :HASH_SIZE]
+    med = np.median(low.reshape(len(low), -1), axis=1)
+    return low > med[:, None, None]
+
+
+def bits_to_int64(bits: np.ndarray) -> np.ndarray:
+    """(B, 8, 8) bool -> (B,) int64: the unsigned 64-bit value of imagehash's hex string, two's complement."""
+    unsigned = (bits.astype(np.uint64) * _WEIGHTS).sum(axis=(1, 2), dtype=np.uint64)
+    return unsigned.view(np.int64)
+
+
+def phash_batch(grays: np.ndarray) -> np.ndarray:
+    """(B, 32, 32) uint8 canonical grey images -> (B,) int64 pHashes."""
+    if len(grays) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return bits_to_int64(phash_bits(grays))
+
+
+def phash_image(image: Image.Image) -> int:
+    """One PIL image -> its pHash as a signed int64 (a batch of one)."""
+    return int(phash_batch(canonical_gray(image)[None])[0])
+
+
+def hex_to_int64(hex_string: str) -> int:
+    """imagehash's str(hash) (16 hex digits) -> the signed int64 stored in Parquet."""
+    value = int(hex_string, 16)
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+def int64_to_hex(value: int) -> str:
+    """The stored signed int64 -> imagehash's 16-hex-digit string (imagehash.hex_to_hash reads it)."""
+    return f"{value & ((1 << 64) - 1):016x}"
+
+
+def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+    """Bitwise Hamming distance of int64 pHashes (broadcasts)."""
+    x = np.bitwise_xor(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)).view(np.uint64)
+    # popcount via bytes: (…, 8) uint8 -> unpackbits -> sum
+    return np.unpackbits(np.atleast_1d(x).view(np.uint8).reshape(*np.atleast_1d(x).shape, 8), axis=-1).sum(axis=-1)
