@@ -1,0 +1,161 @@
+"""`imagegen train`: options -> one frozen TrainConfig -> training.loop.train(config).
+
+Launch it the ways users already know (each process runs this same entry point):
+  imagegen train --data OUT ...                                      one process (backend single)
+  horovodrun -np 2 -H localhost:2 --gloo imagegen train --data OUT   backend horovod (auto-detected)
+  torchrun --nproc_per_node 2 -m jobs.train --data OUT ...           backend ddp (auto-detected)
+  imagegen train --launcher spark --num-proc 2 --data OUT ...        horovod inside Spark executors
+                                                                     (horovod.spark.run on a local[N] session)
+Configuration precedence: TrainConfig defaults < --config FILE.yaml (keys = TrainConfig field names) < flags.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.config import Precision, TrainConfig
+from training.data import ReaderKind
+from training.dist import Backend
+from training.losses import GanLoss
+from training.models import ModelKind
+
+
+class Launcher(str, enum.Enum):
+    NONE = "none"    # this process is one rank (started by you, horovodrun or torchrun)
+    SPARK = "spark"  # start --num-proc horovod ranks as Spark tasks with horovod.spark.run
+
+
+def _values(e: type[enum.Enum]) -> list[str]:
+    return [m.value for m in e]
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imagegen train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    S = argparse.SUPPRESS  # unset flags do not override the YAML file or the defaults
+    p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
+    p.add_argument("--data", default=S, help="preprocessed dataset root OUT (with manifest.json)")
+    p.add_argument("--run-dir", dest="run_dir", default=S, help="output directory RUN/")
+    p.add_argument("--model", choices=_values(ModelKind), default=S)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, default=S, help="total training steps")
+    g.add_argument("--epochs", type=int, default=S, help="total epochs (default: 1 when neither is given)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=S, help="per-rank batch size")
+    p.add_argument("--lr", type=float, default=S, help="sets both --lr-g and --lr-d")
+    p.add_argument("--lr-g", dest="lr_g", type=float, default=S, help="generator / VAE learning rate")
+    p.add_argument("--lr-d", dest="lr_d", type=float, default=S, help="discriminator learning rate")
+    p.add_argument("--lr-scale-with-world", dest="lr_scale_with_world", type=_bool, default=S, help="multiply lrs by world size")
+    p.add_argument("--beta1", type=float, default=S)
+    p.add_argument("--beta2", type=float, default=S)
+    p.add_argument("--gan-loss", dest="gan_loss", choices=_values(GanLoss), default=S)
+    p.add_argument("--beta-kl", dest="beta_kl", type=float, default=S, help="VAE KL weight (beta-VAE)")
+    p.add_argument("--z-dim", dest="z_dim", type=int, default=S)
+    p.add_argument("--base-channels", dest="base_channels", type=int, default=S)
+    p.add_argument("--ema-decay", dest="ema_decay", type=float, default=S)
+    p.add_argument("--precision", choices=_values(Precision), default=S)
+    p.add_argument("--channels-last", dest="channels_last", type=_bool, default=S, help="default: on CUDA only")
+    p.add_argument("--backend", choices=_values(Backend), default=S)
+    p.add_argument("--reader", choices=_values(ReaderKind), default=S)
+    p.add_argument("--seed", type=int, default=S)
+    p.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=S)
+    p.add_argument("--keep-ckpts", dest="keep_ckpts", type=int, default=S)
+    p.add_argument("--sample-every", dest="sample_every", type=int, default=S)
+    p.add_argument("--num-samples", dest="num_samples", type=int, default=S)
+    p.add_argument("--log-every", dest="log_every", type=int, default=S)
+    p.add_argument("--resume", default=S, help="none (default) | auto | PATH of a checkpoint")
+    p.add_argument("--deterministic", type=_bool, default=S)
+    p.add_argument("--debug-probe", dest="debug_probe", type=_bool, default=S, help="write RUN/probe/rank-<r>.json")
+    p.add_argument("--launcher", choices=_values(Launcher), default=Launcher.NONE.value)
+    p.add_argument("--num-proc", dest="num_proc", type=int, default=2, help="--launcher spark: number of ranks")
+    p.add_argument("--start-timeout", dest="start_timeout", type=int, default=120, help="--launcher spark: seconds")
+    return p
+
+
+def config_from_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
+    ns = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if ns.config:
+        loaded = yaml.safe_load(Path(ns.config).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"--config {ns.config}: expected a mapping of TrainConfig fields, found {type(loaded).__name__}")
+        values.update(loaded)
+    flags = {k: v for k, v in vars(ns).items() if k not in ("config", "launcher", "num_proc", "start_timeout")}
+    if "lr" in flags:
+        lr = flags.pop("lr")
+        flags.setdefault("lr_g", lr)
+        flags.setdefault("lr_d", lr)
+    if "steps" in flags:
+        values.pop("epochs", None)
+    if "epochs" in flags:
+        values.pop("steps", None)
+    values.update(flags)
+    if "data" not in values:
+        raise SystemExit("imagegen train: --data OUT is required (or `data:` in --config)")
+    try:
+        return TrainConfig.from_dict(values), ns
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"imagegen train: bad configuration: {e}") from e
+
+
+def _spark_rank(config: dict[str, Any]) -> dict[str, Any]:
+    """Runs inside each Spark task started by horovod.spark.run: the same train() with backend horovod."""
+    from training.loop import train
+
+    return dataclasses.asdict(train(TrainConfig.from_dict({**config, "backend": Backend.HOROVOD.value})))
+
+
+def run_on_spark(config: TrainConfig, num_proc: int, start_timeout: int) -> list[dict[str, Any]]:
+    import os
+
+    import horovod.spark
+
+    from pipelines.spark import get_spark
+
+    spark = get_spark(f"local[{num_proc}]", app_name="imagegen-train", conf={"spark.task.cpus": "1"})
+    try:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        return horovod.spark.run(
+            _spark_rank, args=(config.to_dict(),), num_proc=num_proc, use_gloo=True, start_timeout=start_timeout,
+            env=env, executable=sys.executable, verbose=1,
+        )
+    finally:
+        spark.stop()
+
+
+def main(argv: list[str]) -> int:
+    config, ns = config_from_args(argv)
+    if Launcher(ns.launcher) == Launcher.SPARK:
+        print(f"[train] launching {ns.num_proc} horovod ranks on Spark; config:\n{config.to_json()}", flush=True)
+        results = run_on_spark(config, ns.num_proc, ns.start_timeout)
+        for r in results:
+            print(f"[train] rank {r['rank']}/{r['world_size']}: step {r['step']} metrics {r['metrics']}", flush=True)
+        return 0
+    from training.checkpoint import CheckpointError
+    from training.loop import train  # rank 0 prints the config and writes RUN/config.json
+
+    try:
+        result = train(config)
+    except (FileNotFoundError, FileExistsError, CheckpointError, ValueError) as e:  # bad input: say what, no traceback
+        print(f"imagegen train: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+    if result.rank == 0:
+        print(f"[train] done: step {result.step}, checkpoint {result.checkpoint}, metrics {result.metrics}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node 2 -m jobs.train ...
+    sys.exit(main(sys.argv[1:]))

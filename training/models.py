@@ -1,0 +1,185 @@
+"""DCGAN (unconditional and class-conditional) and a convolutional VAE, sized from the dataset.
+
+API kept stable for later issues (FID/KID, ELBO evaluation):
+- ``generator(z, labels=None) -> images`` in [-1, 1], shape (B, C, R, R); z is (B, z_dim).
+- ``discriminator(x, labels=None) -> logits`` (B,).
+- ``vae.encode(x) -> (mu, logvar)``, ``vae.decode(z) -> images`` in [-1, 1], ``vae(x) -> (recon, mu, logvar)``,
+  and ``vae.generate(z, labels=None)`` = ``decode(z)`` so a VAE can stand where a generator is expected.
+
+Architecture (pytorch/examples DCGAN, with choices known to stabilise GAN training):
+- G: z -> 4x4 by a transposed conv, then log2(R/4) stride-2 transposed convs (4x4 kernels) halving the
+  channels each time; BatchNorm + ReLU inside, tanh out. Channels at 4x4 are base * 2^(n-1), n = log2(R/4).
+- D: the mirror image with stride-2 convs and LeakyReLU(0.2), spectral norm on every conv/linear (Miyato
+  et al. 2018) instead of BatchNorm, so D's output for one image does not depend on the rest of the batch
+  (real and fake can go through D in one concatenated forward).
+- Conditional: G gets a learned label embedding (z_dim wide) concatenated to z; D is a projection
+  discriminator (Miyato & Koyama 2018): logit += <embed(y), pooled features>. Labels are label_index;
+  -1 (row without a label) maps to an extra "unlabelled" class, index num_classes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+SUPPORTED_RESOLUTIONS = (32, 64, 128)
+
+
+class ModelKind(str, enum.Enum):
+    DCGAN = "dcgan"
+    CDCGAN = "cdcgan"  # class-conditional DCGAN (label_index)
+    VAE = "vae"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    kind: ModelKind
+    resolution: int          # R: images are R x R
+    channels: int            # C: 1 (grey) or 3 (RGB)
+    z_dim: int = 100
+    base_channels: int = 64  # ngf/ndf of the DCGAN paper
+    num_classes: int = 0     # used by CDCGAN only
+
+    def __post_init__(self) -> None:
+        if self.resolution not in SUPPORTED_RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {SUPPORTED_RESOLUTIONS}, dataset has {self.resolution}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, dataset has {self.channels}")
+        if self.kind == ModelKind.CDCGAN and self.num_classes < 1:
+            raise ValueError("cdcgan needs a labelled dataset: manifest has no classes")
+
+    @property
+    def n_up(self) -> int:
+        return int(math.log2(self.resolution // 4))
+
+
+def _map_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """label_index -> embedding row; -1 (no label) -> num_classes."""
+    if labels.numel() and (int(labels.max()) >= num_classes or int(labels.min()) < -1):
+        raise ValueError(f"labels must be in [-1, {num_classes - 1}], got [{int(labels.min())}, {int(labels.max())}]")
+    return torch.where(labels < 0, torch.full_like(labels, num_classes), labels)
+
+
+def init_dcgan_weights(m: nn.Module) -> None:
+    """DCGAN paper init: conv weights N(0, 0.02), BN weights N(1, 0.02), BN bias 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def _up_stack(z_in: int, spec: ModelSpec) -> nn.Sequential:
+    """(B, z_in, 1, 1) -> (B, C, R, R) in [-1, 1]."""
+    n, b = spec.n_up, spec.base_channels
+    ch = b * 2 ** (n - 1)
+    layers: list[nn.Module] = [nn.ConvTranspose2d(z_in, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+    for _ in range(n - 1):
+        layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+        ch //= 2
+    layers += [nn.ConvTranspose2d(ch, spec.channels, 4, 2, 1, bias=False), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def _down_stack(spec: ModelSpec, sn: bool) -> tuple[nn.Sequential, int]:
+    """(B, C, R, R) -> (B, base * 2^(n-1), 4, 4)."""
+    wrap = spectral_norm if sn else (lambda m: m)
+    n, ch = spec.n_up, spec.base_channels
+    layers: list[nn.Module] = [wrap(nn.Conv2d(spec.channels, ch, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+    for _ in range(n - 1):
+        layers += [wrap(nn.Conv2d(ch, ch * 2, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+        ch *= 2
+    return nn.Sequential(*layers), ch
+
+
+class Generator(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.conditional = spec.kind == ModelKind.CDCGAN
+        z_in = spec.z_dim
+        if self.conditional:
+            self.embed = nn.Embedding(spec.num_classes + 1, spec.z_dim)
+            z_in += spec.z_dim
+        self.net = _up_stack(z_in, spec)
+        self.apply(init_dcgan_weights)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = z
+        if self.conditional:
+            if labels is None:
+                raise ValueError("the conditional generator needs labels (label_index per latent)")
+            h = torch.cat([z, self.embed(_map_labels(labels, self.spec.num_classes))], dim=1)
+        return self.net(h[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.conditional = spec.kind == ModelKind.CDCGAN
+        self.features, ch = _down_stack(spec, sn=True)
+        self.out = spectral_norm(nn.Conv2d(ch, 1, 4, 1, 0))  # 4x4 -> 1x1
+        if self.conditional:
+            self.embed = spectral_norm(nn.Embedding(spec.num_classes + 1, ch))
+        # No DCGAN re-init here: spectral norm rescales the weights anyway (PyTorch's default init is kept).
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)
+        logit = self.out(h).flatten(1).squeeze(1)
+        if self.conditional:
+            if labels is None:
+                raise ValueError("the conditional discriminator needs labels")
+            pooled = h.sum(dim=(2, 3))  # (B, ch)
+            logit = logit + (self.embed(_map_labels(labels, self.spec.num_classes)) * pooled).sum(dim=1)
+        return logit
+
+
+class VAE(nn.Module):
+    """Gaussian latent N(0, I), diagonal Gaussian posterior, decoder output in [-1, 1] (tanh)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.encoder, ch = _down_stack(spec, sn=False)
+        self.to_stats = nn.Linear(ch * 16, 2 * spec.z_dim)  # -> (mu, logvar)
+        self.decoder = _up_stack(spec.z_dim, spec)
+        self.apply(init_dcgan_weights)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.to_stats(self.encoder(x).flatten(1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-30.0, 20.0)  # keeps exp(logvar) finite in fp16/bf16
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z[:, :, None, None])
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """z = mu + sigma * eps with eps ~ N(0, I) given by the caller (so the loop controls the RNG)."""
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        eps = torch.randn_like(mu) if eps is None else eps
+        return self.decode(self.reparameterize(mu, logvar, eps)), mu, logvar
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(z)
+
+
+def build(spec: ModelSpec) -> dict[str, nn.Module]:
+    """Fresh networks for `spec`: {"G", "D"} for GANs, {"V"} for the VAE."""
+    if spec.kind == ModelKind.VAE:
+        return {"V": VAE(spec)}
+    return {"G": Generator(spec), "D": Discriminator(spec)}
+
+
+def sampler(nets: dict[str, nn.Module]):
+    """The callable (z, labels) -> images of a set of networks (EMA generator if present)."""
+    if "V" in nets:
+        return nets["V"].generate
+    return nets.get("G_ema", nets["G"])
