@@ -7,6 +7,7 @@ import sys
 # subcommand -> (module, one-line help). Modules are imported only when used, so
 # `imagegen doctor` does not pay for torch and `imagegen train` does not start Spark.
 COMMANDS = {
+    "demo": ("jobs.demo", "the main job end to end on an embedded default corpus (MNIST)"),
     "doctor": ("jobs.doctor", "check this machine against the pinned stack"),
     "preprocess": ("jobs.preprocess", "images -> validated, labelled, normalised Parquet (Spark)"),
     "dedup-eval": ("jobs.dedup_eval", "precision/recall of dedup decisions against a ground-truth grouping"),

@@ -37,10 +37,12 @@ Two readers behind one interface (`open_loader(LoaderConfig) -> Loader`):
   - petastorm's row-group-sized batches are re-batched into exact ``batch_size`` batches.
 
 Pixels: raw rows (``pixel_encoding == "raw"``, the fast path) go from the Arrow binary column's
-buffers to one ``np.frombuffer`` over the data buffer, viewed as (rows, H*W, C) without a copy, after
-checking (on the offsets buffer) that every row holds exactly H * W * C bytes; batches are then one
-gather of whole rows plus one HWC -> CHW copy by torch. No per-row Python loop. PNG rows are decoded
-one by one with Pillow (the slow path; use raw for training).
+buffers to one ``np.frombuffer`` over the data buffer, viewed as (rows, H*W*C) without a copy, after
+checking (on the offsets buffer) that every row holds exactly H * W * C bytes; a batch is then one
+gather of whole rows into a new (B, H, W, C) buffer, handed out as its (B, C, H, W) permuted view
+(``torch.channels_last`` memory format: what GPU convolutions want, and no HWC -> CHW transpose, which
+cost as much as the Parquet read). No per-row Python loop. PNG rows are decoded one by one with Pillow
+(the slow path; use raw for training).
 
 Normalisation happens in exactly one place: ``to_model_input`` (and its inverse ``from_model_output``).
 Batches stay uint8 so host->device copies move 4x fewer bytes.
@@ -132,7 +134,10 @@ class LoaderConfig:
 
 @dataclasses.dataclass
 class Batch:
-    images: torch.Tensor            # uint8, (B, C, H, W), contiguous
+    # uint8 (B, C, H, W), channels_last-contiguous: a permuted view of a dense (B, H, W, C) buffer, i.e.
+    # images.is_contiguous(memory_format=torch.channels_last). Rows are stored HWC, as Parquet holds them, so a batch
+    # is one row gather with no transpose; this is the layout GPU convolutions want. Call .contiguous() for NCHW.
+    images: torch.Tensor
     labels: torch.Tensor | None     # int64 (B,), label_index; None if the dataset has no labels; -1 for null labels
     ids: list[str] | None           # image_id per row when LoaderConfig.with_ids
 
@@ -163,7 +168,8 @@ class Batch:
 def to_model_input(
     images: torch.Tensor, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
 ) -> torch.Tensor:
-    """THE one place normalisation happens. uint8 (B, C, H, W) on any device -> float32 on that device.
+    """THE one place normalisation happens. uint8 (B, C, H, W) on any device -> float32 on that device, in the same
+    memory format (a channels_last batch from the loaders stays channels_last).
 
     Without mean/std: x / 127.5 - 1, so 0 -> -1.0 and 255 -> +1.0 (what a tanh generator produces).
     With mean and std (per channel, of pixels scaled to [0, 1], e.g. the manifest's pixel_mean /
@@ -217,13 +223,14 @@ def decode_pixels(
     encoding: PixelEncoding | str,
     order: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """A binary `pixels` column of n rows -> new uint8 tensor (n, channels, height, width), contiguous; with `order`
-    (row indices), rows order[0], order[1], ... instead.
+    """A binary `pixels` column of n rows -> new uint8 tensor (n, channels, height, width), channels_last-contiguous
+    (a permuted view of a new dense (n, H, W, C) buffer, like `Batch.images`); with `order` (row indices), rows
+    order[0], order[1], ... instead.
 
     raw (the fast path, no per-row Python work): per Arrow chunk, the offsets buffer is checked to be uniform (every
-    row exactly height * width * channels bytes), one np.frombuffer over the data buffer is viewed as (n, H*W, C)
-    without copying, and torch copies it once into (n, C, H*W); `order` is then one contiguous gather.
-    png: one Pillow decode per row (the slow path; prefer raw for training).
+    row exactly height * width * channels bytes), one np.frombuffer over the data buffer is viewed as (n, H*W*C)
+    without copying, and torch copies whole rows into the output (one memcpy-like copy per chunk, or one gather with
+    `order`; no transpose). png: one Pillow decode per row (the slow path; prefer raw for training).
     """
     encoding = PixelEncoding(encoding)
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
@@ -239,15 +246,18 @@ def decode_pixels(
         else:
             views.append(_raw_rows(chunk, height, width, channels, base))
         base += len(chunk)
-    out = torch.empty((base, channels, height * width), dtype=torch.uint8)
-    pos = 0
-    for rows in views:
-        # (n, H*W, C) -> (n, C, H*W): one strided copy by torch (~1.5-2x faster than numpy's transpose copy here).
-        out[pos : pos + len(rows)].copy_(_as_tensor(rows).transpose(1, 2))
-        pos += len(rows)
-    if order is not None:
-        out = out.index_select(0, torch.from_numpy(np.asarray(order, dtype=np.int64)))
-    return out.view(out.shape[0], channels, height, width)
+    row_bytes = height * width * channels
+    if order is None:
+        out = torch.empty((base, row_bytes), dtype=torch.uint8)
+        pos = 0
+        for rows in views:
+            out[pos : pos + len(rows)].copy_(_as_tensor(rows.reshape(len(rows), row_bytes)))
+            pos += len(rows)
+    else:
+        # Rows of one chunk are copied as they are; with several chunks, gather from their concatenation.
+        src = views[0] if len(views) == 1 else np.concatenate(views) if views else np.empty((0, height * width, channels), np.uint8)
+        out = _as_tensor(src.reshape(base, row_bytes)).index_select(0, torch.from_numpy(np.asarray(order, dtype=np.int64)))
+    return out.view(out.shape[0], height, width, channels).permute(0, 3, 1, 2)
 
 
 def _as_tensor(rows: np.ndarray) -> torch.Tensor:
@@ -614,13 +624,17 @@ class ArrowLoader(Loader):
         )
 
     def _materialize(self, parts: list[tuple[_Window, np.ndarray]]) -> Batch:
-        """Gather the rows `idx` of each window straight into one new (B, C, H, W) batch: per piece, one torch
-        index_select from the (n_k, C, H*W) transposed view of its rows. Rows of a batch are grouped by piece (in
-        stream order within a piece): the batch's *set* of rows is what the shuffle decides."""
+        """Gather the rows `idx` of each window straight into one new (B, H, W, C) buffer, returned as its
+        (B, C, H, W) channels_last view: per piece, one torch index_select of whole rows (H*W*C bytes each, HWC as
+        stored) from its Arrow buffer, so no transpose. Rows of a batch are grouped by piece (in stream order within a
+        piece): the batch's *set* of rows is what the shuffle decides."""
         m = self.manifest
-        hw, c = m.resolution * m.resolution, m.channels
+        r, c = m.resolution, m.channels
+        row_bytes = r * r * c
         n = sum(len(idx) for _, idx in parts)
-        out = torch.empty((n, c, hw), dtype=torch.uint8, pin_memory=self.config.pin_memory)
+        # A new buffer per batch (the consumer owns it, may keep it, and it may be pinned); the allocator reuses the
+        # freed blocks, so this costs no page faults in steady state (bench/loader.py counts them).
+        out = torch.empty((n, row_bytes), dtype=torch.uint8, pin_memory=self.config.pin_memory)
         labels: list[np.ndarray] = []
         ids: list[str] = []
         pos = 0
@@ -631,8 +645,8 @@ class ArrowLoader(Loader):
             cuts = np.searchsorted(piece_of, np.arange(len(win.views) + 1))
             for k in np.flatnonzero(np.diff(cuts)):
                 a, b = int(cuts[k]), int(cuts[k + 1])
-                # Gather + HWC -> CHW in one strided copy, written straight into the (cache-resident) batch.
-                src = _as_tensor(win.views[k]).transpose(1, 2)  # (n_k, C, H*W) view of the Arrow buffer
+                # One gather of whole rows, written straight into the batch.
+                src = _as_tensor(win.views[k].reshape(-1, row_bytes))  # (n_k, H*W*C) view of the Arrow buffer
                 torch.index_select(src, 0, torch.from_numpy(idx[a:b] - win.starts[k]), out=out[pos + a : pos + b])
             if win.labels is not None:
                 labels.append(win.labels[idx])
@@ -640,7 +654,7 @@ class ArrowLoader(Loader):
                 ids.extend(win.ids[i] for i in idx)
             pos += len(idx)
         return Batch(
-            images=out.view(n, c, m.resolution, m.resolution),
+            images=out.view(n, r, r, c).permute(0, 3, 1, 2),
             labels=torch.from_numpy(np.concatenate(labels)) if self.info.has_labels else None,
             ids=ids if self.config.with_ids else None,
         )

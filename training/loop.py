@@ -161,8 +161,8 @@ class _Run:
 
     def _input(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = to_model_input(batch.images.to(self.device, non_blocking=True))
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # The loader hands out channels_last views; models get the layout this run chose.
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         labels = None
         if self.spec.kind == models.ModelKind.CDCGAN:
             if batch.labels is None:

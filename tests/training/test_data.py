@@ -148,7 +148,12 @@ def test_pixels_and_labels_match_the_parquet_rows(reader, tiny_dataset):
         batches = _collect(loader)
     seen = 0
     for b in batches:
-        assert b.images.dtype == torch.uint8 and b.images.shape == (8, 3, 32, 32) and b.images.is_contiguous()
+        assert b.images.dtype == torch.uint8 and b.images.shape == (8, 3, 32, 32)
+        # channels_last: a (B, C, H, W) view of a dense (B, H, W, C) buffer.
+        assert b.images.is_contiguous(memory_format=torch.channels_last) and b.images.stride() == (32 * 32 * 3, 1, 32 * 3, 3)
+        assert b.images.permute(0, 2, 3, 1).is_contiguous()
+        if reader is ReaderKind.ARROW:  # a new buffer per batch (petastorm's batches are slices of a row-group chunk)
+            assert b.images.storage_offset() == 0 and b.images.untyped_storage().nbytes() == 8 * 32 * 32 * 3
         assert b.labels is not None and b.labels.dtype == torch.int64 and b.labels.shape == (8,)
         for j, image_id in enumerate(b.ids):
             np.testing.assert_array_equal(b.images[j].numpy(), truth.pixels[image_id])
@@ -225,7 +230,9 @@ def test_decode_pixels_raw_handles_sliced_and_large_binary_columns():
     rows = rng.integers(0, 256, size=(5, 4, 2, 3), dtype=np.uint8)  # (n, H, W, C)
     expected = rows.transpose(0, 3, 1, 2)
     col = pa.array([r.tobytes() for r in rows], pa.binary())
-    np.testing.assert_array_equal(decode_pixels(col, height=4, width=2, channels=3, encoding="raw").numpy(), expected)
+    decoded = decode_pixels(col, height=4, width=2, channels=3, encoding="raw")
+    np.testing.assert_array_equal(decoded.numpy(), expected)
+    assert decoded.shape == (5, 3, 4, 2) and decoded.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(decode_pixels(col.slice(2, 3), height=4, width=2, channels=3, encoding="raw").numpy(), expected[2:])
     large = pa.array([r.tobytes() for r in rows], pa.large_binary())
     np.testing.assert_array_equal(decode_pixels(large, height=4, width=2, channels=3, encoding="raw").numpy(), expected)
@@ -440,3 +447,13 @@ def test_to_model_input_with_mean_and_std_per_channel():
         to_model_input(x, mean=[0.5, 0.5], std=[0.2, 0.2])
     with pytest.raises(ValueError, match="expected uint8 images"):
         to_model_input(x.float())
+
+
+def test_to_model_input_keeps_channels_last_batches_channels_last():
+    hwc = torch.randint(0, 256, (4, 5, 6, 3), dtype=torch.uint8)  # as the loaders store a batch
+    x = hwc.permute(0, 3, 1, 2)  # (B, C, H, W) channels_last view, like Batch.images
+    expected = hwc.numpy().astype(np.float64).transpose(0, 3, 1, 2) / 127.5 - 1.0
+    for y in (to_model_input(x), to_model_input(x, mean=[0.5] * 3, std=[0.5] * 3)):
+        assert y.shape == (4, 3, 5, 6) and y.is_contiguous(memory_format=torch.channels_last)
+        np.testing.assert_allclose(y.numpy(), expected, atol=1e-6)
+    assert torch.equal(from_model_output(to_model_input(x)), x)
