@@ -1,0 +1,554 @@
+"""Exact and near-duplicate removal in Spark, near-linear in N (issue "3/8 Deduplication").
+
+The pieces are pure DataFrame -> DataFrame functions, composed by `deduplicate`:
+
+1. `assign_ranks`    one slim row per image (no pixels) with `id` = its rank, 0 = best. Order: images
+                     of earlier runs first (they are always kept), then larger original resolution
+                     (orig_width * orig_height), then larger file, then source_uri (ascending).
+2. `exact_groups`    images with the same sha256 of the original bytes, or the same sha256 of the
+                     normalised pixels, are ONE picture ("exact": same bytes or same normalised pixels);
+                     the best-ranked member represents the group. Only representatives go on to 3-5.
+3. `candidate_pairs` multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012): the 64-bit pHash is cut
+                     into m bands; a pair within Hamming distance D has some band within r = D // m
+                     (generalised pigeonhole), so an equi-join of (band, value XOR mask) for all masks of
+                     weight <= r against (band, value) finds every pair within D; the exact distance then
+                     filters them. The result equals the all-pairs result (tests check it against
+                     brute force). `choose_bands` picks m from N and D with a cost model; hot buckets
+                     are salted so that one (band, value) key cannot stall a task.
+4. `verify`          a second, cheap check of every candidate pair: the 256-bit pHash (imagehash,
+                     hash_size 16) of the stored normalised pixels must be within `verify_distance`.
+                     Measured in docs/dedup.md: it removes the false merges that 64 bits make at scale.
+5. `greedy_mis`      the keep rule: the greedy maximal independent set by rank of the similarity graph,
+                     computed in rounds of DataFrame joins (proof in its docstring).
+
+Everything is Spark SQL expressions (`bit_count`, `^`, `shiftrightunsigned`), except the 256-bit
+hash of the few images that are in candidate pairs, which is a batch `mapInArrow`.
+
+`images` is read several times (slim projection, pixels of candidate nodes, the kept rows):
+callers should persist it if it is expensive to recompute.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Iterator
+from functools import reduce
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from schemas.images import DuplicateKind
+
+HASH_BITS = 64          # imagehash pHash, hash_size 8
+VERIFY_HASH_BITS = 256  # imagehash pHash, hash_size 16, stored as 4 signed int64 words
+
+
+class VerifyMode(str, enum.Enum):
+    NONE = "none"          # trust the 64-bit pHash alone
+    PHASH256 = "phash256"  # also require the 256-bit pHash of the normalised pixels within verify_distance
+
+
+@dataclasses.dataclass(frozen=True)
+class DedupConfig:
+    # --near-dup-distance D: pHash (64-bit) Hamming distance at or below which two images are near
+    # duplicates; 0 disables near-dup (exact only). Default from bench/dedup_threshold.py, see docs/dedup.md.
+    near_distance: int = 8
+    # Multi-index hashing bands m; None = choose_bands(N, D) (cost model). The radius is always D // m.
+    bands: int | None = None
+    # A (band, value) bucket of more index rows than this is split into ceil(count / cap) salted
+    # sub-buckets, each joined in its own task.
+    hot_bucket_cap: int = 2000
+    verify: VerifyMode = VerifyMode.PHASH256
+    # Max Hamming distance (of 256 bits) between the 256-bit pHashes of a verified pair; measured.
+    verify_distance: int = 56
+    # Rounds of the distributed greedy MIS before falling back to the driver.
+    max_rounds: int = 40
+    # The fallback finishes on the driver only if at most this many undecided edges remain, else it fails.
+    fallback_max_edges: int = 2_000_000
+    # Broadcast the (band, value) index when it has at most this many rows (N * m); else a shuffle join.
+    broadcast_max_rows: int = 4_000_000
+    # Shuffle partitions for the joins; None = the session's spark.sql.shuffle.partitions.
+    partitions: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.near_distance < HASH_BITS // 2:
+            raise ValueError(f"near_distance must be in 0..{HASH_BITS // 2 - 1} (bits of a 64-bit pHash), got {self.near_distance}")
+        if self.bands is not None and not 1 <= self.bands <= HASH_BITS:
+            raise ValueError(f"bands must be in 1..{HASH_BITS} or None (auto), got {self.bands}")
+        if self.hot_bucket_cap < 1 or self.max_rounds < 1:
+            raise ValueError(f"hot_bucket_cap and max_rounds must be >= 1, got {self.hot_bucket_cap}, {self.max_rounds}")
+        if not 0 <= self.verify_distance <= VERIFY_HASH_BITS:
+            raise ValueError(f"verify_distance must be in 0..{VERIFY_HASH_BITS}, got {self.verify_distance}")
+        if not isinstance(self.verify, VerifyMode):
+            raise TypeError(f"verify must be a VerifyMode, got {self.verify!r}")
+
+
+# ----------------------------------------------------------------------------- band choice
+def band_widths(bands: int) -> list[int]:
+    """64 bits cut into `bands` contiguous bands, widths differing by at most 1 (wider bands first)."""
+    base, extra = divmod(HASH_BITS, bands)
+    return [base + 1 if i < extra else base for i in range(bands)]
+
+
+def ball_size(width: int, radius: int) -> int:
+    """Number of `width`-bit values within Hamming distance `radius` of one value: sum_{k<=r} C(w, k)."""
+    return sum(math.comb(width, k) for k in range(min(radius, width) + 1))
+
+
+def mih_cost(n_query: int, n_index: int, distance: int, bands: int) -> float:
+    """Rows the banded join produces for uniform hashes, our cost unit.
+
+    Per band of width w with radius r = D // m: each query row enumerates ball_size(w, r) keys
+    (the exploded rows), and each key meets n_index / 2^w index rows on average (the candidate
+    pairs). Total = sum over bands of n_query * ball(w, r) * (1 + n_index / 2^w).
+    """
+    radius = distance // bands
+    return float(sum(n_query * ball_size(w, radius) * (1.0 + n_index / 2.0**w) for w in band_widths(bands)))
+
+
+def choose_bands(n_query: int, n_index: int, distance: int) -> tuple[int, int]:
+    """(m, r) minimising `mih_cost`, m in 1..D+1 (more than D+1 bands only shrinks the buckets' keys
+    without lowering r below 0). Ties go to fewer bands."""
+    best = min(range(1, distance + 2), key=lambda m: (mih_cost(n_query, n_index, distance, m), m))
+    return best, distance // best
+
+
+def masks_within(width: int, radius: int) -> list[int]:
+    """All `width`-bit XOR masks of weight <= radius (0 first)."""
+    from itertools import combinations
+
+    out = [0]
+    for k in range(1, min(radius, width) + 1):
+        out.extend(sum(1 << b for b in bits) for bits in combinations(range(width), k))
+    return out
+
+
+def phash_int64(image) -> int:
+    """The images/ `phash` of a PIL image: imagehash pHash (hash_size 8) of its grey version, the 64 bits
+    read as an unsigned big-endian integer and reinterpreted as a signed int64 (the schema's contract;
+    pipelines/decode.py computes the same)."""
+    import imagehash
+
+    bits = imagehash.phash(image.convert("RGB")).hash.reshape(-1)
+    return _signed64(int("".join("1" if b else "0" for b in bits), 2))
+
+
+# ----------------------------------------------------------------------------- Spark helpers
+def hamming(a: Column, b: Column) -> Column:
+    """Hamming distance of two int64 columns, as int."""
+    return F.bit_count(a.bitwiseXOR(b)).cast("int")
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _band(col: Column, offset: int, width: int) -> Column:
+    return F.shiftrightunsigned(col, offset).bitwiseAND(F.lit(_signed64((1 << width) - 1)).cast("long"))
+
+
+def _checkpoint(df: DataFrame) -> DataFrame:
+    """Cut lineage (rounds of joins) and materialise once."""
+    return df.localCheckpoint(eager=True)
+
+
+def _partitions(spark: SparkSession, config: DedupConfig) -> int:
+    return config.partitions or int(spark.conf.get("spark.sql.shuffle.partitions"))
+
+
+# ----------------------------------------------------------------------------- 1. ranks
+RANK_ORDER = "earlier runs first, then larger orig_width*orig_height, then larger file_size, then source_uri ascending"
+
+
+def assign_ranks(images: DataFrame, previous: DataFrame | None) -> DataFrame:
+    """-> (id, source_uri, sha256, pixels_sha256, phash, is_prev), id = rank (0 = best), see RANK_ORDER.
+
+    A distributed sort (range partitioning) followed by monotonically_increasing_id, which increases
+    with the sort order across partitions: the ids are not dense but are ordered like the ranks.
+    """
+    cols = ["source_uri", "sha256", "pixels_sha256", "phash", "orig_width", "orig_height", "file_size"]
+    missing = [c for c in cols if c not in images.columns]
+    if missing:
+        raise ValueError(f"images lacks columns {missing}; expected at least {cols}, found {images.columns}")
+    slim = images.select(*cols, F.lit(False).alias("is_prev"))
+    if previous is not None:
+        missing = [c for c in cols if c not in previous.columns]
+        if missing:
+            raise ValueError(f"previous lacks columns {missing}; expected at least {cols}, found {previous.columns}")
+        slim = slim.unionByName(previous.select(*cols, F.lit(True).alias("is_prev")))
+    area = F.col("orig_width").cast("long") * F.col("orig_height").cast("long")
+    ranked = (
+        slim.orderBy(F.col("is_prev").desc(), area.desc(), F.col("file_size").desc(), F.col("source_uri").asc(), F.col("sha256").asc())
+        .withColumn("id", F.monotonically_increasing_id())
+        .select("id", "source_uri", "sha256", "pixels_sha256", "phash", "is_prev")
+    )
+    return _checkpoint(ranked)
+
+
+# ----------------------------------------------------------------------------- 2. exact groups
+def exact_groups(ranked: DataFrame) -> DataFrame:
+    """ranked -> ranked + `grp`: the id of the best-ranked image with the same bytes or the same pixels.
+
+    Two levels: the best of each sha256 group, then the best of those per pixels_sha256. Same bytes
+    decode to the same pixels, so this is the transitive closure of both equalities. Images of
+    earlier runs rank first, so a group holding one is represented by it.
+    """
+    by_bytes = ranked.withColumn("sha_rep", F.min("id").over(Window.partitionBy("sha256")))
+    reps = (
+        by_bytes.filter(F.col("id") == F.col("sha_rep"))
+        .select(F.col("id").alias("sha_rep"), F.min("id").over(Window.partitionBy("pixels_sha256")).alias("grp"))
+    )
+    return by_bytes.join(reps, "sha_rep").drop("sha_rep")
+
+
+# ----------------------------------------------------------------------------- 3. candidates
+def _query_flag(hashes: DataFrame) -> Column:
+    return F.col("query") if "query" in hashes.columns else F.lit(True)
+
+
+def band_join(hashes: DataFrame, distance: int, bands: int, radius: int, hot_bucket_cap: int = 2000, broadcast_max_rows: int = 4_000_000) -> DataFrame:
+    """The raw multi-index join: one row per (query, index, band) whose band values are within `radius`.
+
+    hashes: (id long, phash long[, query bool]). Query rows (query=True, default all) enumerate
+    value ^ mask for every mask of weight <= radius; all rows are indexed by their exact value.
+    -> (band, q_id, q_hash, i_id, i_hash, i_query). Hot buckets (more than hot_bucket_cap index rows)
+    are salted: their index rows are spread over ceil(count / cap) salts and the query rows that hit
+    them are replicated once per salt, so no task joins more than cap index rows per key.
+    """
+    if bands < 1 or radius < distance // bands:
+        # Fewer than D // m bits of slack per band would miss pairs (pigeonhole): refuse, not approximate.
+        raise ValueError(f"need bands >= 1 and radius >= distance // bands = {distance // max(bands, 1)}, got bands={bands} radius={radius}")
+    widths = band_widths(bands)
+    offsets = [sum(widths[i + 1:]) for i in range(bands)]  # band 0 = the most significant bits
+    base = hashes.select("id", "phash", _query_flag(hashes).alias("query"))
+    index = reduce(
+        DataFrame.unionByName,
+        [base.select(F.lit(b).alias("band"), _band(F.col("phash"), offsets[b], widths[b]).alias("value"),
+                     F.col("id").alias("i_id"), F.col("phash").alias("i_hash"), F.col("query").alias("i_query"))
+         for b in range(bands)],
+    )
+    # Hot (band, value) keys and their salt counts: a small table, broadcast to both sides.
+    hot = (
+        index.groupBy("band", "value").count().filter(F.col("count") > hot_bucket_cap)
+        .select("band", "value", F.ceil(F.col("count") / hot_bucket_cap).cast("int").alias("salts"))
+    )
+    hot = F.broadcast(_checkpoint(hot))
+    index = (
+        index.join(hot, ["band", "value"], "left")
+        .withColumn("salt", F.when(F.col("salts").isNull(), F.lit(0)).otherwise(F.pmod(F.xxhash64("i_id"), F.col("salts")).cast("int")))
+        .drop("salts")
+    )
+    queries = base.filter(F.col("query"))
+    enum_rows = reduce(
+        DataFrame.unionByName,
+        [queries.select(F.lit(b).alias("band"),
+                        F.explode(F.array(*[F.lit(m).cast("long") for m in masks_within(widths[b], radius)])).alias("mask"),
+                        _band(F.col("phash"), offsets[b], widths[b]).alias("own"),
+                        F.col("id").alias("q_id"), F.col("phash").alias("q_hash"))
+         .select("band", F.col("own").bitwiseXOR(F.col("mask")).alias("value"), "q_id", "q_hash")
+         for b in range(bands)],
+    )
+    enum_rows = (
+        enum_rows.join(hot, ["band", "value"], "left")
+        .withColumn("salt", F.explode(F.sequence(F.lit(0), F.coalesce(F.col("salts"), F.lit(1)) - 1)))
+        .drop("salts")
+    )
+    n_index_rows = bands * base.count() if broadcast_max_rows > 0 else None
+    right = F.broadcast(index) if n_index_rows is not None and n_index_rows <= broadcast_max_rows else index
+    return enum_rows.join(right, ["band", "value", "salt"]).select("band", "q_id", "q_hash", "i_id", "i_hash", "i_query")
+
+
+def candidate_pairs(hashes: DataFrame, distance: int, bands: int, radius: int, hot_bucket_cap: int = 2000,
+                    broadcast_max_rows: int = 4_000_000) -> DataFrame:
+    """Every pair within Hamming `distance`, exactly once: (src, dst, distance) with src < dst.
+
+    hashes: (id long, phash long[, query bool]); pairs with no query row are not searched (they are
+    pairs among earlier runs' images). A pair is met in every band where it is within radius (and,
+    for two query rows, from both sides): it is kept only from the first such band, and from the
+    query side with the smaller id when both are query rows, so no distinct() shuffle is needed.
+    """
+    widths = band_widths(bands)
+    offsets = [sum(widths[i + 1:]) for i in range(bands)]
+    raw = band_join(hashes, distance, bands, radius, hot_bucket_cap, broadcast_max_rows)
+    x = F.col("q_hash").bitwiseXOR(F.col("i_hash"))
+    earlier_band_close = [(F.col("band") > b) & (F.bit_count(_band(x, offsets[b], widths[b])) <= radius) for b in range(bands)]
+    first_band = ~reduce(lambda a, b: a | b, earlier_band_close, F.lit(False))
+    one_side = (~F.col("i_query")) | (F.col("q_id") < F.col("i_id"))
+    return (
+        raw.filter(one_side & first_band)
+        .withColumn("distance", F.bit_count(x).cast("int"))
+        .filter(F.col("distance") <= distance)
+        .select(F.least("q_id", "i_id").alias("src"), F.greatest("q_id", "i_id").alias("dst"), "distance")
+    )
+
+
+# ----------------------------------------------------------------------------- 4. verification
+VERIFY_HASH_ARROW = pa.schema([("id", pa.int64())] + [(f"v{k}", pa.int64()) for k in range(VERIFY_HASH_BITS // 64)])
+
+
+def decode_pixels(pixels: bytes, width: int, height: int, channels: int, encoding: str) -> np.ndarray:
+    """The stored normalised image as uint8 HWC (or HW for one channel)."""
+    if encoding == "raw":
+        arr = np.frombuffer(pixels, dtype=np.uint8)
+        if arr.size != width * height * channels:
+            raise ValueError(f"raw pixels hold {arr.size} bytes, expected height*width*channels = {height}*{width}*{channels}")
+        arr = arr.reshape(height, width, channels)
+    elif encoding == "png":
+        import io
+
+        from PIL import Image
+
+        arr = np.asarray(Image.open(io.BytesIO(pixels)))
+    else:
+        raise ValueError(f"pixel_encoding must be 'raw' or 'png', got {encoding!r}")
+    return arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
+
+
+def verify_hash_words(arr: np.ndarray) -> list[int]:
+    """256-bit pHash (imagehash, hash_size 16, of the grey image) as 4 signed int64 words, big-endian bits."""
+    import imagehash
+    from PIL import Image
+
+    bits = imagehash.phash(Image.fromarray(arr), hash_size=16).hash.reshape(-1)
+    words = np.packbits(bits.astype(np.uint8)).view(">u8").astype(np.uint64).view(np.int64)
+    return [int(w) for w in words]
+
+
+def _verify_hash_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        cols = batch.to_pydict()
+        words = [
+            verify_hash_words(decode_pixels(p, w, h, c, e))
+            for p, w, h, c, e in zip(cols["pixels"], cols["width"], cols["height"], cols["channels"], cols["pixel_encoding"])
+        ]
+        data = {"id": cols["id"]}
+        for k in range(VERIFY_HASH_BITS // 64):
+            data[f"v{k}"] = [ws[k] for ws in words]
+        yield pa.RecordBatch.from_pydict(data, schema=VERIFY_HASH_ARROW)
+
+
+def verify(edges: DataFrame, pixels: DataFrame, verify_distance: int) -> DataFrame:
+    """Keep the candidate edges whose 256-bit pHashes of the normalised pixels are within verify_distance.
+
+    edges: (src, dst, distance); pixels: (id, width, height, channels, pixel_encoding, pixels).
+    Only the images that appear in an edge are decoded (a batch mapInArrow). -> edges + verify_distance.
+    """
+    ends = edges.select(F.col("src").alias("id")).unionByName(edges.select(F.col("dst").alias("id"))).distinct()
+    hashed = (
+        pixels.join(ends, "id", "left_semi")
+        .select("id", "width", "height", "channels", "pixel_encoding", "pixels")
+        .mapInArrow(_verify_hash_batches, ", ".join(f"{f.name} long" for f in VERIFY_HASH_ARROW))
+    )
+    hashed = _checkpoint(hashed)
+    words = [f"v{k}" for k in range(VERIFY_HASH_BITS // 64)]
+    a = hashed.select(F.col("id").alias("src"), *[F.col(w).alias(f"a_{w}") for w in words])
+    b = hashed.select(F.col("id").alias("dst"), *[F.col(w).alias(f"b_{w}") for w in words])
+    vdist = reduce(lambda x, y: x + y, [hamming(F.col(f"a_{w}"), F.col(f"b_{w}")) for w in words])
+    return (
+        edges.join(a, "src").join(b, "dst")
+        .withColumn("verify_distance", vdist)
+        .filter(F.col("verify_distance") <= verify_distance)
+        .select("src", "dst", "distance", "verify_distance")
+    )
+
+
+# ----------------------------------------------------------------------------- 5. keep rule
+UNDECIDED, KEPT, DROPPED = 0, 1, 2
+
+
+def greedy_mis(nodes_ranked: DataFrame, edges: DataFrame, max_rounds: int = 40, fallback_max_edges: int = 2_000_000) -> DataFrame:
+    """The greedy maximal independent set by rank, in rounds of joins.
+
+    nodes_ranked: (id) with id = rank, smaller is better; edges: (src, dst, distance), undirected, no
+    self loops. -> (id, kept bool, kept_by long|null, distance int|null): kept_by is the best-ranked
+    kept neighbour of a dropped node and `distance` the edge's distance.
+
+    Round: every undecided node whose id is smaller than the ids of all its undecided neighbours is
+    KEPT; every undecided neighbour of a node kept this round is DROPPED. Nodes with no edge are kept
+    at once (most images).
+
+    Proof that this equals the sequential greedy (visit nodes by rank; keep a node unless a kept
+    node is adjacent), call its result G. Invariant: every decided node is decided as in G.
+    - A node v kept in a round has no undecided neighbour ranked before it. Every neighbour u ranked
+      before v is decided; it is not KEPT, else v would already have been dropped (neighbours of kept
+      nodes are dropped in the same round). So all of v's better-ranked neighbours are dropped, which
+      by the invariant means not in G; the sequential greedy reaches v with no kept neighbour and
+      keeps it: v in G.
+    - A node dropped in a round is adjacent to a node kept in that round, in G by the case above; G
+      is independent, so the dropped node is not in G.
+    Progress: the best-ranked undecided node beats all its undecided neighbours, so every round
+    decides at least one node and the loop ends; a chain whose ranks increase along it needs one round
+    per two nodes, random ranks need O(log n) rounds. After max_rounds the rest is finished on the
+    driver by the sequential greedy if at most fallback_max_edges edges remain, else it fails.
+    """
+    spark = nodes_ranked.sparkSession
+    both = edges.select("src", "dst").unionByName(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst")))
+    live = _checkpoint(both)  # edges with both ends undecided, both directions
+    undecided = _checkpoint(live.select(F.col("src").alias("id")).distinct())
+    decided: list[DataFrame] = []  # (id, status) per round
+    rounds = 0
+    while not undecided.isEmpty():
+        if rounds >= max_rounds:
+            decided.append(_finish_on_driver(spark, undecided, live, fallback_max_edges, max_rounds))
+            break
+        rounds += 1
+        best_nb = live.groupBy("src").agg(F.min("dst").alias("best_nb"))
+        kept = (
+            undecided.join(best_nb, undecided["id"] == best_nb["src"], "left")
+            .filter(F.col("best_nb").isNull() | (F.col("id") < F.col("best_nb")))
+            .select("id")
+        )
+        dropped = live.join(kept.select(F.col("id").alias("src")), "src", "left_semi").select(F.col("dst").alias("id")).distinct()
+        now = _checkpoint(kept.select("id", F.lit(KEPT).alias("status")).unionByName(dropped.select("id", F.lit(DROPPED).alias("status"))))
+        decided.append(now)
+        undecided = _checkpoint(undecided.join(now, "id", "left_anti"))
+        live = _checkpoint(
+            live.join(now.select(F.col("id").alias("src")), "src", "left_anti")
+            .join(now.select(F.col("id").alias("dst")), "dst", "left_anti")
+        )
+    status = reduce(DataFrame.unionByName, decided) if decided else spark.createDataFrame([], "id long, status int")
+    status = _checkpoint(status)
+    all_status = (
+        nodes_ranked.select("id").join(status, "id", "left")
+        .select("id", F.coalesce(F.col("status"), F.lit(KEPT)).alias("status"))
+    )
+    kept_ids = all_status.filter(F.col("status") == KEPT).select(F.col("id").alias("dst"))
+    # The best-ranked kept neighbour of each dropped node (the sequential greedy's dropper).
+    w = Window.partitionBy("src").orderBy("dst")
+    droppers = (
+        edges.select("src", "dst", "distance").unionByName(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "distance"))
+        .join(kept_ids, "dst", "left_semi")
+        .withColumn("k", F.row_number().over(w)).filter(F.col("k") == 1)
+        .select(F.col("src").alias("id"), F.col("dst").alias("kept_by"), "distance")
+    )
+    out = all_status.join(droppers, "id", "left")
+    out = out.select(
+        "id",
+        (F.col("status") == KEPT).alias("kept"),
+        F.when(F.col("status") == DROPPED, F.col("kept_by")).alias("kept_by"),
+        F.when(F.col("status") == DROPPED, F.col("distance")).cast("int").alias("distance"),
+    )
+    return _checkpoint(out)
+
+
+def _finish_on_driver(spark: SparkSession, undecided: DataFrame, live: DataFrame, fallback_max_edges: int, max_rounds: int) -> DataFrame:
+    n_edges = live.count()
+    if n_edges > fallback_max_edges:
+        raise RuntimeError(
+            f"greedy MIS did not converge in {max_rounds} rounds: {n_edges} undecided edges remain, more than "
+            f"fallback_max_edges={fallback_max_edges} that may be finished on the driver; raise max_rounds"
+        )
+    ids = sorted(r.id for r in undecided.collect())
+    adj: dict[int, list[int]] = {i: [] for i in ids}
+    for r in live.collect():
+        adj[r.src].append(r.dst)
+    status: dict[int, int] = {}
+    for i in ids:  # sequential greedy by rank over the rest (decided nodes have no live edges)
+        if i in status:
+            continue
+        status[i] = KEPT
+        for j in adj[i]:
+            status.setdefault(j, DROPPED)
+    return spark.createDataFrame(sorted(status.items()), "id long, status int")
+
+
+# ----------------------------------------------------------------------------- the stage
+DUPLICATES_COLUMNS = ["source_uri", "kept_source_uri", "kind", "distance"]
+
+
+def deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | None, config: DedupConfig) -> tuple[DataFrame, DataFrame]:
+    """Drop exact and near duplicates from `images`.
+
+    images: this run's valid images, with at least the IMAGES_ARROW columns source_uri, sha256,
+      pixels_sha256, phash, orig_width, orig_height, file_size, width, height, channels,
+      pixel_encoding, pixels; source_uri must be unique.
+    previous: images kept by earlier runs (same columns) or None. They are never dropped; they only
+      absorb new duplicates (they rank before every new image).
+    -> (kept, duplicates): kept = the rows of `images` to write (same columns); duplicates =
+      (source_uri, kept_source_uri, kind, distance), one row per dropped row of `images`, where
+      kept_source_uri is always a kept image (of this run or an earlier one). Every row of `images`
+      is in exactly one of the two.
+
+    Keep rule (docs/dedup.md): exact groups (same bytes or same normalised pixels) are one node,
+    represented by their best-ranked member; over these nodes, the similarity graph has an edge
+    where the 64-bit pHash distance is <= D (and, with verification, the 256-bit pHash distance
+    <= verify_distance). The kept nodes are the greedy maximal independent set by rank: no two kept
+    images are adjacent, every dropped representative is adjacent to a kept one. Members of a group
+    whose representative is kept are `exact` duplicates of it (distance 0); members of a group whose
+    representative is dropped point at the same kept image as their representative, kind `near`,
+    with their own pHash distance to it.
+    """
+    parts = _partitions(spark, config)
+    prev_conf = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", str(parts))
+    try:
+        return _deduplicate(spark, images, previous, config)
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", prev_conf)
+
+
+def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | None, config: DedupConfig) -> tuple[DataFrame, DataFrame]:
+    ranked = assign_ranks(images, previous)
+    clash = ranked.groupBy("source_uri").count().filter(F.col("count") > 1).limit(3).collect()
+    if clash:
+        raise ValueError(f"source_uri must be unique over images and previous; found repeated: {[r.source_uri for r in clash]}")
+    grouped = _checkpoint(exact_groups(ranked))
+    # Near-dup nodes: group representatives plus every earlier-run image (always kept).
+    nodes = grouped.filter((F.col("id") == F.col("grp")) | F.col("is_prev")).select("id", "phash", (~F.col("is_prev")).alias("query"))
+    if config.near_distance > 0:
+        n_query = nodes.filter(F.col("query")).count()
+        n_index = nodes.count()
+        bands = config.bands or choose_bands(max(n_query, 1), max(n_index, 1), config.near_distance)[0]
+        edges = candidate_pairs(nodes, config.near_distance, bands, config.near_distance // bands,
+                                config.hot_bucket_cap, config.broadcast_max_rows)
+        edges = _checkpoint(edges)
+        if config.verify is VerifyMode.PHASH256:
+            # Only the images in a candidate pair are decoded: filter the pixel rows by a (usually small,
+            # broadcast) table of their URIs instead of shuffling every image's pixels into a join.
+            ends = edges.select(F.col("src").alias("id")).unionByName(edges.select(F.col("dst").alias("id"))).distinct()
+            ends = _checkpoint(grouped.select("id", "source_uri").join(ends, "id", "left_semi"))
+            ends_b = F.broadcast(ends) if ends.count() <= config.broadcast_max_rows else ends
+            cols = ["source_uri", "width", "height", "channels", "pixel_encoding", "pixels"]
+            px = images.select(*cols)
+            if previous is not None:
+                px = px.unionByName(previous.select(*cols))
+            px = px.join(ends_b, "source_uri")
+            edges = _checkpoint(verify(edges, px, config.verify_distance).select("src", "dst", "distance"))
+        decisions = greedy_mis(nodes.select("id"), edges, config.max_rounds, config.fallback_max_edges)
+    else:
+        decisions = nodes.select("id", F.lit(True).alias("kept"), F.lit(None).cast("long").alias("kept_by"), F.lit(None).cast("int").alias("distance"))
+
+    # Where each new image ends up: its group's representative's fate.
+    rep = decisions.select(F.col("id").alias("grp"), F.col("kept").alias("grp_kept"), F.col("kept_by").alias("grp_kept_by"),
+                           F.col("distance").alias("grp_distance"))
+    target = grouped.filter(~F.col("is_prev")).join(rep, "grp", "left")
+    # Every group holding a new image has a node (its representative), hence a decision.
+    is_rep = F.col("id") == F.col("grp")
+    fate = target.select(
+        "id", "source_uri", "phash",
+        F.when(is_rep & F.col("grp_kept"), F.lit(None).cast("long"))
+         .when(is_rep, F.col("grp_kept_by"))
+         .when(F.col("grp_kept"), F.col("grp"))
+         .otherwise(F.col("grp_kept_by")).alias("kept_by"),
+        F.when(is_rep, F.lit(DuplicateKind.NEAR.value))
+         .when(F.col("grp_kept"), F.lit(DuplicateKind.EXACT.value))
+         .otherwise(F.lit(DuplicateKind.NEAR.value)).alias("kind"),
+    )
+    fate = _checkpoint(fate)
+    keepers = grouped.select(F.col("id").alias("kept_by"), F.col("source_uri").alias("kept_source_uri"), F.col("phash").alias("kept_phash"))
+    dups = (
+        fate.filter(F.col("kept_by").isNotNull())
+        .join(keepers, "kept_by")
+        .select(
+            *DUPLICATES_COLUMNS[:3],
+            F.when(F.col("kind") == DuplicateKind.EXACT.value, F.lit(0)).otherwise(hamming(F.col("phash"), F.col("kept_phash"))).cast("int").alias("distance"),
+        )
+    )
+    dups = _checkpoint(dups)
+    kept_uris = fate.filter(F.col("kept_by").isNull()).select("source_uri")
+    kept = images.join(kept_uris, "source_uri", "left_semi").select(*images.columns)
+    return kept, dups

@@ -1,0 +1,66 @@
+"""`imagegen dedup-eval` on a hand-made duplicates/ Parquet and truth files (CSV and JSON)."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import dedup_eval
+from schemas.images import DUPLICATES_ARROW
+
+# Truth: {a1, a2, a3}, {b1, b2}, {c1}, {d1}. Our decisions: a2, a3 -> a1 (right), b2 -> c1 (wrong
+# group: misses b1~b2 and invents b2~c1), x9 -> a1 (not in the truth: not scored).
+# By hand: predicted pairs a1a2 a1a3 a2a3 b2c1 = 4; true pairs a1a2 a1a3 a2a3 b1b2 = 4; both = 3.
+DUPS = [("a2", "a1", "near", 3), ("a3", "a1", "exact", 0), ("b2", "c1", "near", 9), ("x9", "a1", "near", 2)]
+TRUTH = {"A": ["a1", "a2", "a3"], "B": ["b1", "b2"], "C": ["c1"], "D": ["d1"]}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    out = tmp_path / "out"
+    part = out / "duplicates" / "run_id=r1"
+    part.mkdir(parents=True)
+    table = pa.Table.from_pylist([dict(source_uri=s, kept_source_uri=k, kind=t, distance=d, run_id="r1") for s, k, t, d in DUPS],
+                                 schema=DUPLICATES_ARROW)
+    pq.write_table(table.drop(["run_id"]), part / "part-0.parquet")
+    img = out / "images" / "run_id=r1"
+    img.mkdir(parents=True)
+    pq.write_table(pa.table({"source_uri": ["a1", "b1", "c1"]}), img / "part-0.parquet")  # d1 was rejected
+    csv_path = tmp_path / "truth.csv"
+    csv_path.write_text("source_uri,group\n" + "".join(f"{u},{g}\n" for g, us in TRUTH.items() for u in us))
+    json_path = tmp_path / "truth.json"
+    json_path.write_text(json.dumps(TRUTH))
+    return out, csv_path, json_path
+
+
+def test_scores_match_hand_count(dataset):
+    out, csv_path, json_path = dataset
+    for truth in (csv_path, json_path):
+        r = dedup_eval.evaluate(dedup_eval.parse(["--dataset", str(out), "--truth", str(truth)]))
+        assert (r.scored_images, r.predicted_pairs, r.true_pairs, r.true_positive_pairs) == (7, 4, 4, 3)
+        assert r.precision == pytest.approx(0.75) and r.recall == pytest.approx(0.75) and r.f1 == pytest.approx(0.75)
+        assert r.dropped_not_in_truth == 1 and r.truth_not_found == 1  # x9; d1
+
+
+def test_perfect_and_empty_decisions():
+    truth = {"a": "1", "b": "1", "c": "2"}
+    assert dedup_eval.score(truth, [("b", "a")]).f1 == 1.0
+    r = dedup_eval.score(truth, [])
+    assert (r.precision, r.recall) == (1.0, 0.0)
+
+
+def test_cli_prints_scores_and_rejects_bad_truth(dataset, tmp_path, venv_bin, subprocess_env):
+    out, csv_path, _ = dataset
+    run = subprocess.run([str(venv_bin / "imagegen"), "dedup-eval", "--duplicates", str(out / "duplicates"), "--truth", str(csv_path), "--json"],
+                         capture_output=True, text=True, env=subprocess_env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    assert (got["precision"], got["recall"], got["true_positive_pairs"]) == (0.75, 0.75, 3)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("uri,cluster\na1,A\n")
+    run = subprocess.run([str(venv_bin / "imagegen"), "dedup-eval", "--duplicates", str(out / "duplicates"), "--truth", str(bad)],
+                         capture_output=True, text=True, env=subprocess_env, timeout=120)
+    assert run.returncode == 2 and "expected a CSV header with columns source_uri,group" in run.stderr
