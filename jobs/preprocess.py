@@ -1,0 +1,116 @@
+"""`imagegen preprocess INPUT [INPUT ...] --output OUT ...`, also `spark-submit jobs/preprocess.py INPUT ... --output OUT`.
+
+Thin: parse options -> one frozen PreprocessConfig -> print it -> run_preprocess().
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and __package__ in (None, ""):
+    # Run as a file (spark-submit jobs/preprocess.py): make the repository's packages importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.config import FitMode, PixelEncoding, PreprocessConfig, parse_labels_arg  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imagegen preprocess", description="images -> validated, labelled, normalised Parquet (Spark)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="directory (recursive), glob, URI-list .txt, tar shard or directory of shards, Parquet dataset")
+    p.add_argument("--output", "-o", required=True, metavar="OUT", help="dataset root (local path or file:/hdfs:/s3a: URI)")
+    p.add_argument("--resolution", type=int, help="output side in pixels (default 64)")
+    p.add_argument("--fit", choices=[m.value for m in FitMode], help="center-crop (default), pad or stretch")
+    p.add_argument("--labels", help="dirs | none (default) | PATH.csv | PATH.json")
+    p.add_argument("--pixel-encoding", choices=[e.value for e in PixelEncoding], help="raw (default) or png")
+    p.add_argument("--min-size", type=int, help="reject images whose short side is below this (pixels)")
+    p.add_argument("--max-pixels", type=int, help="decompression-bomb limit on declared width*height")
+    p.add_argument("--max-aspect", type=float, help="reject when long/short side exceeds this")
+    p.add_argument("--min-std", type=float, help="reject as blank when the grey std (0..255) is below this")
+    p.add_argument("--image-column", help="Parquet inputs: the column holding image bytes")
+    p.add_argument("--partitions", type=int, help="decode partitions (default: 3 x Spark's cores)")
+    p.add_argument("--arrow-batch-rows", type=int, help="rows per Arrow batch into the decode stage")
+    p.add_argument("--master", help="Spark master (default local[*]; under spark-submit its --master is used)")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML with PreprocessConfig keys; flags override it")
+    p.add_argument("--overwrite", action="store_true", help="replace a complete dataset already at OUT")
+    p.add_argument("--dry-run", action="store_true", help="list and count inputs, print the config and plan, write nothing")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    overrides = {}
+    for name in ("resolution", "fit", "pixel_encoding", "min_size", "max_pixels", "max_aspect", "min_std",
+                 "image_column", "partitions", "arrow_batch_rows"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    if args.labels is not None:
+        mode, path = parse_labels_arg(args.labels)
+        overrides["labels"] = mode
+        overrides["labels_path"] = path
+    if args.overwrite:
+        overrides["overwrite"] = True
+    if args.config:
+        return PreprocessConfig.from_yaml(args.config, **overrides)
+    return PreprocessConfig(**overrides)
+
+
+def _under_spark_submit() -> bool:
+    # spark-submit starts the JVM first and hands Python its gateway port.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _ship_packages(spark) -> None:
+    """On a cluster, executors need pipelines/ and schemas/: ship them as one zip (local masters share this venv)."""
+    master = spark.sparkContext.master
+    if master.startswith("local"):
+        return
+    import tempfile
+    import zipfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="imagegen-pyfiles-"), "imagegen_pkgs.zip")
+    with zipfile.ZipFile(path, "w") as z:
+        for pkg in ("pipelines", "schemas"):
+            for f in (REPO / pkg).rglob("*.py"):
+                z.write(f, f.relative_to(REPO).as_posix())
+    spark.sparkContext.addPyFile(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, OSError) as exc:
+        print(f"imagegen preprocess: {exc}", file=sys.stderr)
+        return 2
+    print("imagegen preprocess config:", json.dumps(cfg.to_dict(), sort_keys=True), flush=True)
+
+    from pipelines.preprocess import DatasetExistsError, plan_preprocess, run_preprocess
+    from pipelines.spark import get_spark
+
+    if _under_spark_submit():
+        if args.master:
+            print(f"imagegen preprocess: ignoring --master {args.master}: spark-submit's --master is used", file=sys.stderr)
+        master = None
+    else:
+        master = args.master or "local[*]"
+    spark = get_spark(master, app_name="imagegen-preprocess")
+    _ship_packages(spark)
+    try:
+        if args.dry_run:
+            print(plan_preprocess(spark, args.inputs, args.output, cfg).render())
+            return 0
+        run_preprocess(spark, args.inputs, args.output, cfg)
+        return 0
+    except (DatasetExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"imagegen preprocess: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

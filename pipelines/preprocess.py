@@ -1,0 +1,408 @@
+"""The preprocessing job as one function: `run_preprocess(spark, inputs, out, cfg)`.
+
+Stages (each a DataFrame -> DataFrame step; the numbers match the comments in run_preprocess):
+  1. classify inputs, build the label resolver            (driver)
+  2. sources: every input kind -> one DataFrame            (pipelines/sources.py)
+  3. decode: mapInArrow over Arrow batches -> ONE staged table with kind = image | reject,
+     written once to OUT/_staging/<run>/decoded (nothing is decoded twice)
+  4. split the staged table into valid images and rejects
+  5. dedup slot: (kept, duplicates) = deduplicate(images)   <- 3/8 plugs in here, one line
+  6. stats over the kept images: classes, label counts, channel sums (Spark aggregates, no pixel re-read)
+  7. write images/ (with label_index), rejects/ (and duplicates/) under the staging directory
+  8. conservation: inputs == written + rejected + duplicates, from the written data; mismatch fails
+  9. commit: move the run's partitions into OUT, write manifest.json last (temp + rename)
+A failure at any point removes the staging directory and leaves no manifest.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import importlib.metadata
+import json
+import math
+import platform
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from pipelines.config import LabelMode, PreprocessConfig
+from pipelines.decode import KIND_IMAGE, KIND_REJECT, STAGED_ARROW, decode_partition
+from pipelines.fs import FileSystem
+from pipelines.labels import LabelResolver, parse_sidecar
+from pipelines.sources import InputSpec, classify, load_sources
+from schemas.images import IMAGES_ARROW, REJECTS_ARROW, SCHEMA_VERSION, RejectReason, duplicates_spark, images_spark, rejects_spark
+from schemas.layout import DatasetLayout, Manifest
+
+EXAMPLES_CAP = 20  # how many unlabeled files / unmatched sidecar keys are listed by name
+OPEN_COST_BYTES = 64 * 1024  # Spark's per-file split-packing cost, about one small JPEG
+
+
+class DatasetExistsError(RuntimeError):
+    pass
+
+
+class ConservationError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What --dry-run reports: nothing is written."""
+
+    inputs: list[dict[str, Any]]
+    input_count: int
+    partitions: int
+    config: dict[str, Any]
+    out: str
+
+    def render(self) -> str:
+        lines = [f"plan (dry run, nothing written) -> {self.out}"]
+        for s in self.inputs:
+            lines.append(f"  input {s['uri']}: {s['kind']}")
+        lines.append(f"  files to decode: {self.input_count}, decode partitions: {self.partitions}")
+        lines.append("  stages: sources -> decode+validate (mapInArrow) -> stage Parquet -> [dedup] -> write images/rejects -> conservation -> commit")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessResult:
+    manifest: Manifest
+    out: str
+    summary: str
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def software_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("imagegen", "pyspark", "pyarrow", "pillow", "numpy", "scipy", "imagehash", "pandas"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class Progress:
+    """A driver thread printing Spark stage progress to stderr every `interval` seconds."""
+
+    def __init__(self, spark: SparkSession, interval: float, stream=sys.stderr):
+        self.tracker = spark.sparkContext.statusTracker()
+        self.interval = interval
+        self.stream = stream
+        self.phase = "starting"
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="imagegen-progress", daemon=True)
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * self.interval)
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        print(f"[preprocess {time.monotonic() - self.t0:6.1f}s] {phase}", file=self.stream, flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            parts = []
+            for sid in self.tracker.getActiveStageIds():
+                info = self.tracker.getStageInfo(sid)
+                if info is not None:
+                    parts.append(f"stage {sid}: {info.numCompletedTasks}/{info.numTasks} tasks ({info.numActiveTasks} running)")
+            status = "; ".join(parts) or "no active stage"
+            print(f"[preprocess {time.monotonic() - self.t0:6.1f}s] {self.phase}: {status}", file=self.stream, flush=True)
+
+
+def _timed(timings: dict[str, float], name: str, progress: Progress | None = None):
+    class _T:
+        def __enter__(self):
+            if progress is not None:
+                progress.set_phase(name)
+            self.t = time.monotonic()
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.monotonic() - self.t, 3)
+
+    return _T()
+
+
+def _label_resolver(spark: SparkSession, cfg: PreprocessConfig) -> LabelResolver | None:
+    if cfg.labels == LabelMode.NONE:
+        return None
+    if cfg.labels == LabelMode.DIRS:
+        return LabelResolver(LabelMode.DIRS)
+    text = FileSystem(spark).read_text(cfg.labels_path)
+    return LabelResolver(LabelMode.SIDECAR, parse_sidecar(text, cfg.labels_path))
+
+
+def _configure_arrow(spark: SparkSession, cfg: PreprocessConfig, partitions: int) -> None:
+    # Rows AND bytes bound each Arrow batch: 10k large images never form a 2 GB batch.
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_rows))
+    spark.conf.set("spark.sql.execution.arrow.maxBytesPerBatch", str(cfg.arrow_batch_bytes))
+    # binaryFile splits: about `partitions` splits, sized by bytes. Spark charges every file an "open cost"
+    # (default 4 MB) when packing splits, which for 64 KB images means ~31 images per task; each Python
+    # task costs ~0.15 s of fixed CPU in the worker (PySpark re-reads its zip imports and runs
+    # gc.collect between tasks), more than decoding 31 images. So the open cost is set near an image's size.
+    spark.conf.set("spark.sql.files.minPartitionNum", str(partitions))
+    spark.conf.set("spark.sql.files.openCostInBytes", str(OPEN_COST_BYTES))
+
+
+def _non_null(df: DataFrame, arrow_schema) -> DataFrame:
+    """Select `arrow_schema`'s columns in order; columns the schema declares non-null become non-null in
+    Spark too (coalesce with a typed literal; the decode stage never leaves them empty on these rows)."""
+    defaults = {"string": "", "int64": 0, "int32": 0, "float": 0.0, "binary": b""}
+    spark_types = {f.name: f.dataType for f in from_arrow_schema(arrow_schema).fields}
+    cols = []
+    for f in arrow_schema:
+        col = F.col(f.name).cast(spark_types[f.name])
+        if not f.nullable:
+            default = defaults[str(f.type)]
+            lit = F.lit(bytearray(default)) if isinstance(default, bytes) else F.lit(default)
+            col = F.coalesce(col, lit.cast(spark_types[f.name]))
+        cols.append(col.alias(f.name))
+    return df.select(*cols)
+
+
+def input_fingerprint(staged: DataFrame, specs: list[InputSpec]) -> str:
+    """Order-independent digest of (source_uri, sha256 or reject detail) over all inputs, plus the input specs."""
+    key = F.xxhash64("source_uri", F.coalesce("sha256", F.concat_ws(":", "reason", "detail")))
+    row = staged.agg(F.count(F.lit(1)).alias("n"), F.sum(key.cast("decimal(38,0)")).alias("s")).collect()[0]
+    text = json.dumps([[s.uri, s.kind.value] for s in specs] + [row["n"], str(row["s"])])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def plan_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig) -> Plan:
+    """--dry-run: classify and count the inputs (a listing, no decode), write nothing."""
+    specs = [classify(spark, u) for u in inputs]
+    partitions = cfg.partitions or 3 * spark.sparkContext.defaultParallelism
+    _configure_arrow(spark, cfg, partitions)
+    count = load_sources(spark, specs, cfg, partitions).input_count
+    return Plan([{"uri": s.uri, "kind": s.kind.value} for s in specs], count, partitions, cfg.to_dict(), out)
+
+
+def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig,
+                   log: Callable[[str], None] = print) -> PreprocessResult:
+    """Preprocess `inputs` into the dataset at `out`. Raises on failure, leaving no manifest."""
+    if not inputs:
+        raise ValueError("expected at least one INPUT")
+    if cfg.incremental:
+        raise NotImplementedError("incremental runs (appending to an existing dataset) land with issue 3/8")
+    t_start = time.monotonic()
+    fs = FileSystem(spark)
+    layout = DatasetLayout(out)
+    if fs.exists(layout.manifest) and not cfg.overwrite:
+        raise DatasetExistsError(f"{out} already holds a complete dataset ({layout.manifest} exists); pass --overwrite to replace it")
+    run_id = new_run_id()
+    staging = layout.staging(run_id)
+    timings: dict[str, float] = {}
+    try:
+        with Progress(spark, cfg.progress_interval_s) as progress:
+            result = _run(spark, inputs, out, cfg, run_id, staging, layout, fs, timings, progress)
+    except BaseException:
+        fs.delete(staging)  # nothing half-written stays behind
+        raise
+    timings["total"] = round(time.monotonic() - t_start, 3)
+    manifest = dataclasses.replace(result, timings=timings)
+    fs.write_text_atomic(layout.manifest, manifest.to_json())  # last: its presence means "complete"
+    fs.delete(staging)
+    _remove_if_empty(fs, layout.root.rstrip("/") + "/_staging")
+    summary = render_summary(manifest)
+    log(summary)
+    return PreprocessResult(manifest, out, summary)
+
+
+def _remove_if_empty(fs: FileSystem, uri: str) -> None:
+    try:
+        if fs.is_dir(uri) and not fs.list(uri):
+            fs.delete(uri)
+    except OSError:
+        pass
+
+
+def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig, run_id: str, staging: str,
+         layout: DatasetLayout, fs: FileSystem, timings: dict[str, float], progress: Progress) -> Manifest:
+    # 1. inputs and labels
+    with _timed(timings, "list_inputs", progress):
+        specs = [classify(spark, u) for u in inputs]
+        resolver = _label_resolver(spark, cfg)
+        partitions = cfg.partitions or 3 * spark.sparkContext.defaultParallelism
+        _configure_arrow(spark, cfg, partitions)
+        exclude = (fs.qualify(cfg.labels_path),) if cfg.labels == LabelMode.SIDECAR else ()
+        # 2. sources
+        loaded = load_sources(spark, specs, cfg, partitions, exclude=exclude)
+        sources, input_count, tar_sidecars = loaded.df, loaded.input_count, loaded.tar_sidecars
+
+    # 3. decode once, persist the one staged table
+    staged_path = f"{staging}/decoded"
+    with _timed(timings, "decode", progress):
+        fn = functools.partial(decode_partition, cfg=cfg, run_id=run_id, labels=resolver)
+        sources.mapInArrow(fn, from_arrow_schema(STAGED_ARROW)).write.mode("error").parquet(staged_path)
+    staged = spark.read.parquet(staged_path)
+
+    # 4. split
+    images = staged.where(F.col("kind") == KIND_IMAGE)
+    rejects = staged.where(F.col("kind") == KIND_REJECT)
+
+    # 5. dedup slot (3/8): kept, duplicates = deduplicate(spark, images, previous_or_None, dedup_config)
+    kept, duplicates = images, None
+
+    # 6. stats over the kept images: one aggregation, no pixel re-read
+    with _timed(timings, "stats", progress):
+        sums = ["sum_r", "sum_g", "sum_b", "sumsq_r", "sumsq_g", "sumsq_b", "n_pixels"]
+        by_label = kept.groupBy("label").agg(F.count(F.lit(1)).alias("n"), *[F.sum(c).alias(c) for c in sums]).collect()
+        classes = sorted(r["label"] for r in by_label if r["label"] is not None)
+        label_counts = {r["label"]: int(r["n"]) for r in by_label if r["label"] is not None}
+        unlabeled = sum(int(r["n"]) for r in by_label if r["label"] is None) if cfg.labels != LabelMode.NONE else 0
+        totals = {c: sum(int(r[c] or 0) for r in by_label) for c in sums}
+        pixel_mean, pixel_std = _mean_std(totals)
+        label_report = _label_report(cfg, resolver, kept, staged, unlabeled)
+        fingerprint = input_fingerprint(staged, specs)
+
+    # 7. write under staging
+    with _timed(timings, "write", progress):
+        index = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(i))]) if classes else None
+        labelled = kept.withColumn("label_index", index[F.col("label")] if index is not None else F.lit(None).cast("int"))
+        _non_null(labelled, IMAGES_ARROW).write.partitionBy("run_id").parquet(f"{staging}/images")
+        _non_null(rejects, REJECTS_ARROW).write.partitionBy("run_id").parquet(f"{staging}/rejects")
+        if duplicates is not None:
+            duplicates.write.partitionBy("run_id").parquet(f"{staging}/duplicates")
+
+    # 8. conservation, from what was written
+    with _timed(timings, "verify", progress):
+        # explicit schemas: a kind with no rows is written as no files, which Spark cannot infer a schema from
+        written = spark.read.schema(images_spark()).parquet(f"{staging}/images").count()
+        reject_rows = spark.read.schema(rejects_spark()).parquet(f"{staging}/rejects").groupBy("reason").count().collect()
+        rejected = {r.value: 0 for r in RejectReason}
+        rejected.update({r["reason"]: int(r["count"]) for r in reject_rows})
+        dup_counts = {"exact": 0, "near": 0}
+        if duplicates is not None:
+            for r in spark.read.schema(duplicates_spark()).parquet(f"{staging}/duplicates").groupBy("kind").count().collect():
+                dup_counts[r["kind"]] = int(r["count"])
+        staged_rows = staged.count()
+        accounted = written + sum(rejected.values()) + sum(dup_counts.values())
+        if not (input_count == staged_rows == accounted):
+            raise ConservationError(
+                f"conservation failed: inputs={input_count}, decoded rows={staged_rows}, "
+                f"written={written} + rejected={sum(rejected.values())} + duplicates={sum(dup_counts.values())} = {accounted}"
+            )
+
+    # 9. commit the partitions (manifest.json is written by the caller, last)
+    with _timed(timings, "commit", progress):
+        if cfg.overwrite and fs.exists(layout.manifest):
+            fs.delete(layout.manifest)  # the old dataset stops looking complete before anything moves
+            for d in (layout.images, layout.rejects, layout.duplicates):
+                fs.delete(d)
+        for name, target in (("images", layout.images), ("rejects", layout.rejects), ("duplicates", layout.duplicates)):
+            src = f"{staging}/{name}/run_id={run_id}"
+            if fs.exists(src):
+                fs.rename(src, f"{target}/run_id={run_id}")
+            elif name != "duplicates":
+                # a run with no rows of a kind still gets its (empty) partition directory
+                fs.mkdirs(f"{target}/run_id={run_id}")
+
+    counts = {
+        "inputs": input_count,
+        "written": written,
+        "rejected": rejected,
+        "duplicates": dup_counts,
+        "unlabeled": unlabeled,
+        "tar_sidecars_skipped": tar_sidecars,
+    }
+    run = {"run_id": run_id, "inputs": list(inputs), "counts": counts}
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        run_id=run_id,
+        resolution=cfg.resolution,
+        channels=3,
+        pixel_encoding=cfg.pixel_encoding.value,
+        classes=classes,
+        counts=counts,
+        label_counts=label_counts,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+        config=cfg.to_dict(),
+        input_fingerprint=fingerprint,
+        timings=timings,
+        versions=software_versions(),
+        runs=[run],
+        extra={
+            "inputs": [{"uri": s.uri, "kind": s.kind.value} for s in specs],
+            "partitions": partitions,
+            "labels": label_report,
+            "class_to_index": {c: i for i, c in enumerate(classes)},
+        },
+    )
+
+
+def _mean_std(totals: dict[str, int]) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of the written pixels scaled to [0, 1], from exact integer sums."""
+    n = totals["n_pixels"]
+    if n == 0:
+        return [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+    means, stds = [], []
+    for c in "rgb":
+        mean = totals[f"sum_{c}"] / n / 255.0
+        var = totals[f"sumsq_{c}"] / n / 255.0**2 - mean * mean
+        means.append(round(mean, 6))
+        stds.append(round(math.sqrt(max(var, 0.0)), 6))
+    return means, stds
+
+
+def _label_report(cfg: PreprocessConfig, resolver: LabelResolver | None, kept: DataFrame, staged: DataFrame,
+                  unlabeled: int) -> dict[str, Any]:
+    """Unlabeled written images, and sidecar entries that match no input file (images and rejects alike)."""
+    report: dict[str, Any] = {"mode": cfg.labels.value, "sidecar": cfg.labels_path, "unlabeled": unlabeled, "unlabeled_examples": []}
+    if cfg.labels == LabelMode.NONE:
+        return report
+    if unlabeled:
+        rows = kept.where(F.col("label").isNull()).select("source_uri").orderBy("source_uri").limit(EXAMPLES_CAP).collect()
+        report["unlabeled_examples"] = [r["source_uri"] for r in rows]
+    if cfg.labels == LabelMode.SIDECAR and resolver is not None:
+        matched = {r["label_key"] for r in staged.select("label_key").distinct().collect() if r["label_key"] is not None}
+        unmatched = sorted(set(resolver.sidecar) - matched)
+        report["sidecar_entries"] = len(resolver.sidecar)
+        report["sidecar_unmatched"] = len(unmatched)
+        report["sidecar_unmatched_examples"] = unmatched[:EXAMPLES_CAP]
+    return report
+
+
+def render_summary(m: Manifest) -> str:
+    c = m.counts
+    lines = [
+        f"imagegen preprocess: run {m.run_id}",
+        f"  {'inputs':<28}{c['inputs']:>10}",
+        f"  {'written':<28}{c['written']:>10}",
+    ]
+    for reason, n in sorted(c["rejected"].items()):
+        if n:
+            lines.append(f"  {'rejected: ' + reason:<28}{n:>10}")
+    lines.append(f"  {'rejected (total)':<28}{sum(c['rejected'].values()):>10}")
+    for kind, n in c["duplicates"].items():
+        lines.append(f"  {'duplicates: ' + kind:<28}{n:>10}")
+    labels = m.extra.get("labels", {})
+    if labels.get("mode") != "none":
+        lines.append(f"  {'classes':<28}{len(m.classes):>10}")
+        for label, n in sorted(m.label_counts.items()):
+            lines.append(f"    {label:<26}{n:>10}")
+        lines.append(f"  {'unlabeled':<28}{labels.get('unlabeled', 0):>10}")
+        if "sidecar_unmatched" in labels:
+            lines.append(f"  {'sidecar entries unmatched':<28}{labels['sidecar_unmatched']:>10}")
+    lines.append(f"  pixel mean {m.pixel_mean}  std {m.pixel_std}  ({m.resolution}x{m.resolution}x{m.channels}, {m.pixel_encoding})")
+    timing = "  ".join(f"{k}={v:.1f}s" for k, v in m.timings.items())
+    lines.append(f"  timings: {timing}")
+    return "\n".join(lines)
