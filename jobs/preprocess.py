@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", help="Parquet inputs: the column holding image bytes")
     p.add_argument("--partitions", type=int, help="decode partitions (default: 3 x Spark's cores)")
     p.add_argument("--arrow-batch-rows", type=int, help="rows per Arrow batch into the decode stage")
+    p.add_argument("--near-dup-distance", type=int, metavar="D",
+                   help="pHash Hamming distance for near duplicates (default 8; 0 = exact duplicates only)")
+    p.add_argument("--verify-distance", type=int, help="near pairs must also be within this of 256 bits of the 256-bit pHash (default 56)")
+    p.add_argument("--no-dedup", action="store_true", help="keep every valid image (no exact or near dedup)")
+    p.add_argument("--incremental", action="store_true",
+                   help="add to the dataset at OUT: only inputs no earlier run has seen, deduplicated against earlier runs")
     p.add_argument("--master", help="Spark master (default local[*]; under spark-submit its --master is used)")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML with PreprocessConfig keys; flags override it")
     p.add_argument("--overwrite", action="store_true", help="replace a complete dataset already at OUT")
@@ -45,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     overrides = {}
     for name in ("resolution", "fit", "pixel_encoding", "min_size", "max_pixels", "max_aspect", "min_std",
-                 "image_column", "partitions", "arrow_batch_rows"):
+                 "image_column", "partitions", "arrow_batch_rows", "near_dup_distance", "verify_distance"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -55,6 +61,10 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         overrides["labels_path"] = path
     if args.overwrite:
         overrides["overwrite"] = True
+    if args.incremental:
+        overrides["incremental"] = True
+    if args.no_dedup:
+        overrides["dedup"] = False
     if args.config:
         return PreprocessConfig.from_yaml(args.config, **overrides)
     return PreprocessConfig(**overrides)

@@ -48,8 +48,10 @@ class PreprocessConfig:
     # binaryFile carrying them JVM -> Arrow -> Python (that copy cost the JVM ~1 ms of CPU per image).
     # Other schemes (hdfs:, s3a:) always go through binaryFile, i.e. Hadoop's filesystems.
     read_local_in_worker: bool = True
-    near_dup_distance: int = 0                # placeholder for 3/8 (dedup): pHash Hamming distance, 0 = exact only
-    incremental: bool = False                 # placeholder for 3/8: append a run to an existing dataset
+    dedup: bool = True                        # drop exact and near duplicates (pipelines/dedup.py); off: keep every valid image
+    near_dup_distance: int = 8                # pHash Hamming distance D for near duplicates; 0 = exact only (docs/dedup.md)
+    verify_distance: int = 56                 # near pairs must also be within this many of 256 bits of the pixels' 256-bit pHash
+    incremental: bool = False                 # append a run: only inputs no earlier run has seen, dedup against earlier runs
     overwrite: bool = False                   # replace an existing complete dataset at OUT
     progress_interval_s: float = 5.0          # how often the progress line is printed, seconds
 
@@ -74,6 +76,8 @@ class PreprocessConfig:
             raise ValueError(f"arrow batch bounds too small: rows={self.arrow_batch_rows} bytes={self.arrow_batch_bytes}")
         if self.arrow_batch_bytes >= 2**31 - 1:
             raise ValueError(f"arrow_batch_bytes must stay below 2 GiB, got {self.arrow_batch_bytes}")
+        if self.incremental and self.overwrite:
+            raise ValueError("incremental and overwrite contradict each other: incremental appends to OUT, overwrite replaces it")
         if self.partitions is not None and self.partitions < 1:
             raise ValueError(f"partitions: expected >= 1 or None, got {self.partitions}")
 

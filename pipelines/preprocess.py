@@ -3,10 +3,11 @@
 Stages (each a DataFrame -> DataFrame step; the numbers match the comments in run_preprocess):
   1. classify inputs, build the label resolver            (driver)
   2. sources: every input kind -> one DataFrame            (pipelines/sources.py)
+     2b. --incremental: drop inputs an earlier run has seen (by source_uri); nothing new -> no write
   3. decode: mapInArrow over Arrow batches -> ONE staged table with kind = image | reject,
      written once to OUT/_staging/<run>/decoded (nothing is decoded twice)
   4. split the staged table into valid images and rejects
-  5. dedup slot: (kept, duplicates) = deduplicate(images)   <- 3/8 plugs in here, one line
+  5. dedup: (kept, duplicates) = deduplicate(images, earlier runs' images)   (pipelines/dedup.py)
   6. stats over the kept images: classes, label counts, channel sums (Spark aggregates, no pixel re-read)
   7. write images/ (with label_index), rejects/ (and duplicates/) under the staging directory
   8. conservation: inputs == written + rejected + duplicates, from the written data; mismatch fails
@@ -34,11 +35,12 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from pipelines.config import LabelMode, PreprocessConfig
+from pipelines.dedup import DedupConfig, deduplicate
 from pipelines.decode import KIND_IMAGE, KIND_REJECT, STAGED_ARROW, decode_partition
 from pipelines.fs import FileSystem
 from pipelines.labels import LabelResolver, parse_sidecar
 from pipelines.sources import InputSpec, classify, load_sources
-from schemas.images import IMAGES_ARROW, REJECTS_ARROW, SCHEMA_VERSION, RejectReason, duplicates_spark, images_spark, rejects_spark
+from schemas.images import DUPLICATES_ARROW, IMAGES_ARROW, REJECTS_ARROW, SCHEMA_VERSION, RejectReason, duplicates_spark, images_spark, rejects_spark
 from schemas.layout import DatasetLayout, Manifest
 
 EXAMPLES_CAP = 20  # how many unlabeled files / unmatched sidecar keys are listed by name
@@ -200,23 +202,36 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
     """Preprocess `inputs` into the dataset at `out`. Raises on failure, leaving no manifest."""
     if not inputs:
         raise ValueError("expected at least one INPUT")
-    if cfg.incremental:
-        raise NotImplementedError("incremental runs (appending to an existing dataset) land with issue 3/8")
     t_start = time.monotonic()
     fs = FileSystem(spark)
     layout = DatasetLayout(out)
-    if fs.exists(layout.manifest) and not cfg.overwrite:
-        raise DatasetExistsError(f"{out} already holds a complete dataset ({layout.manifest} exists); pass --overwrite to replace it")
+    prior = None
+    if fs.exists(layout.manifest):
+        if cfg.incremental:
+            prior = Manifest.from_dict(json.loads(fs.read_text(layout.manifest)))
+            _check_compatible(prior, cfg)
+        elif not cfg.overwrite:
+            raise DatasetExistsError(
+                f"{out} already holds a complete dataset ({layout.manifest} exists); "
+                "pass --incremental to add new files to it or --overwrite to replace it"
+            )
     run_id = new_run_id()
     staging = layout.staging(run_id)
     timings: dict[str, float] = {}
     try:
         with Progress(spark, cfg.progress_interval_s) as progress:
-            result = _run(spark, inputs, out, cfg, run_id, staging, layout, fs, timings, progress)
+            result = _run(spark, inputs, out, cfg, run_id, staging, layout, fs, timings, progress, prior)
     except BaseException:
         fs.delete(staging)  # nothing half-written stays behind
         raise
     timings["total"] = round(time.monotonic() - t_start, 3)
+    if result is None:  # incremental, and every input was seen by an earlier run: nothing new is written
+        fs.delete(staging)
+        _remove_if_empty(fs, layout.root.rstrip("/") + "/_staging")
+        assert prior is not None
+        summary = f"imagegen preprocess: nothing new in {len(inputs)} input(s); {out} is unchanged (run {prior.run_id})"
+        log(summary)
+        return PreprocessResult(prior, out, summary)
     manifest = dataclasses.replace(result, timings=timings)
     fs.write_text_atomic(layout.manifest, manifest.to_json())  # last: its presence means "complete"
     fs.delete(staging)
@@ -224,6 +239,37 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
     summary = render_summary(manifest)
     log(summary)
     return PreprocessResult(manifest, out, summary)
+
+
+def _check_compatible(prior: Manifest, cfg: PreprocessConfig) -> None:
+    """An incremental run must write rows a reader can mix with the earlier ones."""
+    mine = {"resolution": cfg.resolution, "pixel_encoding": cfg.pixel_encoding.value, "fit": cfg.fit.value, "labels": cfg.labels.value}
+    theirs = {k: prior.config.get(k) for k in mine}
+    if mine != theirs:
+        raise ValueError(f"incremental run settings {mine} differ from the dataset's {theirs}; use the same settings or a new OUT")
+
+
+def _seen_uris(spark: SparkSession, layout: DatasetLayout, fs: FileSystem) -> DataFrame:
+    """source_uri of every input an earlier run wrote, rejected or recorded as a duplicate."""
+    frames = [
+        spark.read.schema(schema).parquet(path).select("source_uri")
+        for path, schema in ((layout.images, images_spark()), (layout.rejects, rejects_spark()), (layout.duplicates, duplicates_spark()))
+        if fs.exists(path)
+    ]
+    return functools.reduce(DataFrame.unionByName, frames).distinct()
+
+
+def _accumulate(prior: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Counts summed key by key, recursing into nested dicts (rejected by reason, duplicates by kind)."""
+    out = dict(prior)
+    for key, value in new.items():
+        if isinstance(value, dict):
+            out[key] = _accumulate(prior.get(key, {}), value)
+        elif isinstance(value, (int, float)):
+            out[key] = prior.get(key, 0) + value
+        else:
+            out[key] = value
+    return out
 
 
 def _remove_if_empty(fs: FileSystem, uri: str) -> None:
@@ -235,7 +281,8 @@ def _remove_if_empty(fs: FileSystem, uri: str) -> None:
 
 
 def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig, run_id: str, staging: str,
-         layout: DatasetLayout, fs: FileSystem, timings: dict[str, float], progress: Progress) -> Manifest:
+         layout: DatasetLayout, fs: FileSystem, timings: dict[str, float], progress: Progress,
+         prior: Manifest | None = None) -> Manifest | None:
     # 1. inputs and labels
     with _timed(timings, "list_inputs", progress):
         specs = [classify(spark, u) for u in inputs]
@@ -246,6 +293,18 @@ def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig
         # 2. sources
         loaded = load_sources(spark, specs, cfg, partitions, exclude=exclude)
         sources, input_count, tar_sidecars = loaded.df, loaded.input_count, loaded.tar_sidecars
+
+    # 2b. incremental: only inputs no earlier run has seen (by source URI). New URIs holding bytes an
+    # earlier run kept become exact duplicates in step 5, where earlier images are the `previous` index.
+    previous = None
+    if prior is not None:
+        with _timed(timings, "skip_seen", progress):
+            sources = sources.join(F.broadcast(_seen_uris(spark, layout, fs)), "source_uri", "left_anti")
+            input_count = sources.count()
+            tar_sidecars = 0 if input_count == 0 else tar_sidecars
+        if input_count == 0:
+            return None
+        previous = spark.read.schema(images_spark()).parquet(layout.images)
 
     # 3. decode once, persist the one staged table
     staged_path = f"{staging}/decoded"
@@ -258,14 +317,26 @@ def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig
     images = staged.where(F.col("kind") == KIND_IMAGE)
     rejects = staged.where(F.col("kind") == KIND_REJECT)
 
-    # 5. dedup slot (3/8): kept, duplicates = deduplicate(spark, images, previous_or_None, dedup_config)
-    kept, duplicates = images, None
+    # 5. dedup: exact (bytes or pixels) and near (pHash) duplicates, within this run and against earlier runs
+    duplicates = None
+    kept = images
+    if cfg.dedup:
+        with _timed(timings, "dedup", progress):
+            dedup_cfg = DedupConfig(near_distance=cfg.near_dup_distance, verify_distance=cfg.verify_distance, partitions=partitions)
+            kept, dups = deduplicate(spark, images, previous, dedup_cfg)
+            # Persisted like the decode output: later stages read it twice (stats, write) and must agree.
+            dups.withColumn("run_id", F.lit(run_id)).write.mode("error").parquet(f"{staging}/dedup_dropped")
+            duplicates = spark.read.parquet(f"{staging}/dedup_dropped")
+            kept = images.join(duplicates.select("source_uri"), "source_uri", "left_anti")
 
     # 6. stats over the kept images: one aggregation, no pixel re-read
     with _timed(timings, "stats", progress):
         sums = ["sum_r", "sum_g", "sum_b", "sumsq_r", "sumsq_g", "sumsq_b", "n_pixels"]
         by_label = kept.groupBy("label").agg(F.count(F.lit(1)).alias("n"), *[F.sum(c).alias(c) for c in sums]).collect()
-        classes = sorted(r["label"] for r in by_label if r["label"] is not None)
+        new_classes = sorted(r["label"] for r in by_label if r["label"] is not None)
+        # Earlier runs' label_index values stay valid: new classes are appended after the known ones.
+        known = prior.classes if prior is not None else []
+        classes = known + [c for c in new_classes if c not in known]
         label_counts = {r["label"]: int(r["n"]) for r in by_label if r["label"] is not None}
         unlabeled = sum(int(r["n"]) for r in by_label if r["label"] is None) if cfg.labels != LabelMode.NONE else 0
         totals = {c: sum(int(r[c] or 0) for r in by_label) for c in sums}
@@ -280,7 +351,7 @@ def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig
         _non_null(labelled, IMAGES_ARROW).write.partitionBy("run_id").parquet(f"{staging}/images")
         _non_null(rejects, REJECTS_ARROW).write.partitionBy("run_id").parquet(f"{staging}/rejects")
         if duplicates is not None:
-            duplicates.write.partitionBy("run_id").parquet(f"{staging}/duplicates")
+            _non_null(duplicates, DUPLICATES_ARROW).write.partitionBy("run_id").parquet(f"{staging}/duplicates")
 
     # 8. conservation, from what was written
     with _timed(timings, "verify", progress):
@@ -324,6 +395,14 @@ def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig
         "tar_sidecars_skipped": tar_sidecars,
     }
     run = {"run_id": run_id, "inputs": list(inputs), "counts": counts}
+    runs = [run]
+    if prior is not None:  # the manifest describes the whole dataset: earlier runs plus this one
+        counts = _accumulate(prior.counts, counts)
+        label_counts = _accumulate(prior.label_counts, label_counts)
+        totals = _accumulate(prior.extra.get("pixel_sums", {}), totals)
+        pixel_mean, pixel_std = _mean_std(totals)
+        fingerprint = hashlib.sha256(f"{prior.input_fingerprint}+{fingerprint}".encode()).hexdigest()[:32]
+        runs = prior.runs + runs
     return Manifest(
         schema_version=SCHEMA_VERSION,
         run_id=run_id,
@@ -339,12 +418,13 @@ def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig
         input_fingerprint=fingerprint,
         timings=timings,
         versions=software_versions(),
-        runs=[run],
+        runs=runs,
         extra={
             "inputs": [{"uri": s.uri, "kind": s.kind.value} for s in specs],
             "partitions": partitions,
             "labels": label_report,
             "class_to_index": {c: i for i, c in enumerate(classes)},
+            "pixel_sums": totals,  # exact integer sums behind pixel_mean/std, so incremental runs can add to them
         },
     )
 

@@ -36,7 +36,8 @@ def job(spark, tmp_path_factory):
     pq.write_table(pa.table({"image": [encode(photo_like(70, 70, seed=33), "PNG"), b""]}), root / "rows.parquet")
     out = root / "out"
     rc = main([str(root / "corpus"), str(shard), str(root / "rows.parquet"), "--output", str(out),
-               "--resolution", str(RES), "--labels", "dirs", "--master", "local[2]"])
+               "--resolution", str(RES), "--labels", "dirs", "--master", "local[2]",
+               "--no-dedup"])  # conversion cases share content on purpose; dedup is tested in test_preprocess_incremental
     assert rc == 0
     expected = {f"file:{root}/corpus/{name}": exp for name, exp in corpus.items()}
     return {"root": root, "out": out, "expected": expected, "shard": f"file:{shard}", "manifest": Manifest.read(str(out))}
