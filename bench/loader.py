@@ -28,7 +28,6 @@ import dataclasses
 import os
 import platform
 import resource
-import statistics
 import sys
 import tempfile
 import time

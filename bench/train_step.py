@@ -186,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", choices=["auto", "yes", "no"], default="auto", help="auto: on a GPU only")
     ns = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True
-    dev = "cuda" if cuda else "cpu"
     name = torch.cuda.get_device_name(0) if cuda else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; batch {ns.batch_size}; {ns.steps} timed steps after {ns.warmup} warmup")
     results: dict[str, float] = {}

@@ -28,7 +28,8 @@ class DemoConfig:
     master: str = "local[*]"
 
 
-def run(cfg: DemoConfig) -> dict[str, str]:
+def run(cfg: DemoConfig, spark=None) -> dict[str, str]:
+    """`spark`: a session to use (and leave running); None starts one and stops it after preprocessing."""
     from jobs.corpus import write_demo_corpus
     from pipelines.config import LabelMode, PreprocessConfig
     from pipelines.preprocess import run_preprocess
@@ -41,12 +42,13 @@ def run(cfg: DemoConfig) -> dict[str, str]:
     corpus = write_demo_corpus(out / "raw", per_class=cfg.per_class)
     print(f"[demo] wrote {corpus.files} files under {corpus.root} ({corpus.images} digits, {corpus.duplicates} duplicates, {corpus.bad} broken)", flush=True)
 
-    spark = get_spark(cfg.master, app_name="imagegen-demo")
+    session = spark or get_spark(cfg.master, app_name="imagegen-demo")
     try:
         pre = PreprocessConfig(resolution=cfg.resolution, labels=LabelMode.DIRS, min_size=16, progress_interval_s=10.0)
-        result = run_preprocess(spark, [str(corpus.root)], str(out / "dataset"), pre)
+        result = run_preprocess(session, [str(corpus.root)], str(out / "dataset"), pre)
     finally:
-        spark.stop()
+        if spark is None:
+            session.stop()  # training needs the cores now
     counts = result.manifest.counts
     accounted = counts["written"] + sum(counts["rejected"].values()) + sum(counts.get("duplicates", {}).values())
     if counts["inputs"] != corpus.files or accounted != corpus.files:

@@ -9,17 +9,10 @@ import pytest
 from PIL import Image
 
 from jobs.generate import main
-from tests.training.conftest import write_digits_dataset
 from training.config import TrainConfig
 from training.loop import train
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """tests/training/conftest.py's dataset (its fixture is not visible from tests/jobs/)."""
-    return write_digits_dataset(tmp_path_factory.mktemp("digits") / "ds")
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,12 @@ from pathlib import Path
 import pytest
 
 from jobs.train import config_from_args, main
-from tests.training.conftest import write_digits_dataset
 from tests.training.test_dist import TINY_ARGS, check_probes
 from training.config import Precision
 from training.dist import Backend
 from training.models import ModelKind
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """tests/training/conftest.py's dataset (its fixture is not visible from tests/jobs/)."""
-    return write_digits_dataset(tmp_path_factory.mktemp("digits") / "ds")
 
 
 def test_yaml_then_flags(tmp_path: Path) -> None:

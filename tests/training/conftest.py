@@ -1,8 +1,8 @@
 """Datasets for training tests.
 
-`tiny_dataset` writes a small dataset in the schemas/ layout straight with pyarrow, from
-scikit-learn's digits (8x8 grey, upscaled, 10 classes). It exists so training can be tested
-before/independently of the Spark job; end-to-end tests use the real `imagegen preprocess`.
+`digits_dataset` writes a small dataset in the schemas/ layout straight with pyarrow, from
+scikit-learn's digits (8x8 grey, upscaled, 10 classes), with a row-group layout the reader tests
+control. Training tests use `tiny_dataset` (tests/conftest.py), made by the real preprocess job.
 """
 from __future__ import annotations
 
@@ -92,5 +92,5 @@ def write_digits_dataset(root: Path, n: int = 96, resolution: int = 32, rows_per
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> Path:
+def digits_dataset(tmp_path_factory) -> Path:
     return write_digits_dataset(tmp_path_factory.mktemp("digits") / "ds")

@@ -99,8 +99,8 @@ def _cfg(root: Path, reader: ReaderKind, **kw) -> LoaderConfig:
 @pytest.mark.parametrize("reader", READERS)
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 @pytest.mark.parametrize("which", ["tiny", "uneven"])
-def test_ranks_read_disjoint_rows_covering_the_dataset(reader, world_size, which, tiny_dataset, uneven_dataset):
-    root, batch = (tiny_dataset, 8) if which == "tiny" else (uneven_dataset, 5)
+def test_ranks_read_disjoint_rows_covering_the_dataset(reader, world_size, which, digits_dataset, uneven_dataset):
+    root, batch = (digits_dataset, 8) if which == "tiny" else (uneven_dataset, 5)
     truth = _truth(root, 32 if which == "tiny" else 16)
     n = len(truth.ids)
     per_rank: list[list[str]] = []
@@ -131,9 +131,9 @@ def test_ranks_read_disjoint_rows_covering_the_dataset(reader, world_size, which
         assert steps_per_epoch == min(len(s) for s in shard_rows) // batch
 
 
-def test_shuffle_false_reads_in_file_order(tiny_dataset):
-    truth = _truth(tiny_dataset, 32)
-    with open_loader(_cfg(tiny_dataset, ReaderKind.ARROW, batch_size=8, shuffle=False, world_size=2, rank=1)) as loader:
+def test_shuffle_false_reads_in_file_order(digits_dataset):
+    truth = _truth(digits_dataset, 32)
+    with open_loader(_cfg(digits_dataset, ReaderKind.ARROW, batch_size=8, shuffle=False, world_size=2, rank=1)) as loader:
         assert _ids(_collect(loader, 0)) == truth.ids[48:96]
         assert _ids(_collect(loader, 5)) == truth.ids[48:96]
 
@@ -142,9 +142,9 @@ def test_shuffle_false_reads_in_file_order(tiny_dataset):
 
 
 @pytest.mark.parametrize("reader", READERS)
-def test_pixels_and_labels_match_the_parquet_rows(reader, tiny_dataset):
-    truth = _truth(tiny_dataset, 32)
-    with open_loader(_cfg(tiny_dataset, reader, batch_size=8)) as loader:
+def test_pixels_and_labels_match_the_parquet_rows(reader, digits_dataset):
+    truth = _truth(digits_dataset, 32)
+    with open_loader(_cfg(digits_dataset, reader, batch_size=8)) as loader:
         batches = _collect(loader)
     seen = 0
     for b in batches:
@@ -177,14 +177,14 @@ def test_both_readers_give_the_same_multiset_of_rows(uneven_dataset):
     assert got[ReaderKind.ARROW] == got[ReaderKind.PETASTORM]
 
 
-def test_null_labels_become_minus_one_and_unlabelled_datasets_give_none(tiny_dataset, tmp_path):
-    truth = _truth(tiny_dataset, 32)
+def test_null_labels_become_minus_one_and_unlabelled_datasets_give_none(digits_dataset, tmp_path):
+    truth = _truth(digits_dataset, 32)
     null_every_3rd = lambda t: t.set_column(  # noqa: E731
         t.schema.get_field_index("label_index"),
         pa.field("label_index", pa.int32()),
         pa.array([None if i % 3 == 0 else v for i, v in enumerate(t.column("label_index").to_pylist())], pa.int32()),
     )
-    nulls = _rewrite(tiny_dataset, tmp_path / "nulls", null_every_3rd)
+    nulls = _rewrite(digits_dataset, tmp_path / "nulls", null_every_3rd)
     expected = {}
     for f in sorted(Path(DatasetLayout(str(nulls)).images).rglob("*.parquet")):
         for r in pq.read_table(f, columns=["image_id", "label_index"]).to_pylist():
@@ -195,7 +195,7 @@ def test_null_labels_become_minus_one_and_unlabelled_datasets_give_none(tiny_dat
             got = {i: int(lab) for b in _collect(loader) for i, lab in zip(b.ids, b.labels)}
         assert got == expected, reader
 
-    unlabelled = _rewrite(tiny_dataset, tmp_path / "unlabelled", lambda t: t, classes=[], label_counts={})
+    unlabelled = _rewrite(digits_dataset, tmp_path / "unlabelled", lambda t: t, classes=[], label_counts={})
     for reader in READERS:
         with open_loader(_cfg(unlabelled, reader, batch_size=8)) as loader:
             batches = _collect(loader)
@@ -203,7 +203,7 @@ def test_null_labels_become_minus_one_and_unlabelled_datasets_give_none(tiny_dat
         assert sorted(_ids(batches)) == sorted(truth.ids)
 
 
-def test_png_rows_decode_to_the_same_pixels_as_raw(tiny_dataset, tmp_path):
+def test_png_rows_decode_to_the_same_pixels_as_raw(digits_dataset, tmp_path):
     def to_png(t: pa.Table) -> pa.Table:
         pngs = []
         for raw in t.column("pixels").to_pylist():
@@ -214,8 +214,8 @@ def test_png_rows_decode_to_the_same_pixels_as_raw(tiny_dataset, tmp_path):
         enc = pa.array(["png"] * t.num_rows)
         return t.set_column(t.schema.get_field_index("pixel_encoding"), pa.field("pixel_encoding", pa.string(), nullable=False), enc)
 
-    png = _rewrite(tiny_dataset, tmp_path / "png", to_png, pixel_encoding="png")
-    truth = _truth(tiny_dataset, 32)
+    png = _rewrite(digits_dataset, tmp_path / "png", to_png, pixel_encoding="png")
+    truth = _truth(digits_dataset, 32)
     for reader in READERS:
         with open_loader(_cfg(png, reader, batch_size=16)) as loader:
             batches = _collect(loader)
@@ -280,28 +280,28 @@ def test_petastorm_with_more_workers_reads_the_same_rows(uneven_dataset):
 
 
 @pytest.mark.parametrize("reader", READERS)
-def test_epochs_differ_when_shuffled_and_not_when_unshuffled(reader, tiny_dataset):
-    with open_loader(_cfg(tiny_dataset, reader, batch_size=8)) as loader:
+def test_epochs_differ_when_shuffled_and_not_when_unshuffled(reader, digits_dataset):
+    with open_loader(_cfg(digits_dataset, reader, batch_size=8)) as loader:
         e0, e1 = _ids(_collect(loader, 0)), _ids(_collect(loader, 1))
     assert e0 != e1 and sorted(e0) == sorted(e1)
-    with open_loader(_cfg(tiny_dataset, reader, batch_size=8, shuffle=False)) as loader:
+    with open_loader(_cfg(digits_dataset, reader, batch_size=8, shuffle=False)) as loader:
         assert _ids(_collect(loader, 0)) == _ids(_collect(loader, 1))
-    with open_loader(_cfg(tiny_dataset, reader, batch_size=8, seed=1)) as loader:
+    with open_loader(_cfg(digits_dataset, reader, batch_size=8, seed=1)) as loader:
         assert _ids(_collect(loader, 0)) != e0
 
 
-def test_arrow_ranks_get_different_rows_each_epoch(tiny_dataset):
+def test_arrow_ranks_get_different_rows_each_epoch(digits_dataset):
     # Row groups are permuted per epoch before being split between ranks, so a rank's share moves around
     # (petastorm's does not: its shards are fixed by row-group index).
-    with open_loader(_cfg(tiny_dataset, ReaderKind.ARROW, batch_size=8, world_size=2, rank=0)) as loader:
+    with open_loader(_cfg(digits_dataset, ReaderKind.ARROW, batch_size=8, world_size=2, rank=0)) as loader:
         shares = [frozenset(_ids(_collect(loader, e))) for e in range(3)]
     assert len(set(shares)) > 1
 
 
-def test_arrow_shuffles_rows_across_row_groups(tiny_dataset):
-    truth = _truth(tiny_dataset, 32)
+def test_arrow_shuffles_rows_across_row_groups(digits_dataset):
+    truth = _truth(digits_dataset, 32)
     group_of = {i: g for g, ids in enumerate(truth.groups) for i in ids}
-    with open_loader(_cfg(tiny_dataset, ReaderKind.ARROW, batch_size=8, shuffle_window=3)) as loader:
+    with open_loader(_cfg(digits_dataset, ReaderKind.ARROW, batch_size=8, shuffle_window=3)) as loader:
         first = _collect(loader, 0)[0]
     # 8 rows drawn from a shuffled window of 3 row groups of 16: all from one group has probability ~1e-3.
     assert len({group_of[i] for i in first.ids}) > 1
@@ -321,16 +321,16 @@ def test_stopping_mid_epoch_releases_the_reader_threads(reader, uneven_dataset):
     assert [t.name for t in started if t.is_alive()] == []
 
 
-def test_spark_style_layout_with_several_runs_and_marker_files(tiny_dataset, tmp_path):
+def test_spark_style_layout_with_several_runs_and_marker_files(digits_dataset, tmp_path):
     # Incremental runs add partitions; Spark leaves _SUCCESS and .crc files next to the parts.
     root = tmp_path / "ds"
-    shutil.copytree(tiny_dataset, root)
+    shutil.copytree(digits_dataset, root)
     images = Path(DatasetLayout(str(root)).images)
     (images / "run_id=r1").mkdir()
     shutil.move(images / "run_id=r0" / "part-00001.parquet", images / "run_id=r1" / "part-00000.parquet")
     (images / "run_id=r0" / "_SUCCESS").write_bytes(b"")
     (images / "run_id=r1" / ".part-00000.parquet.crc").write_bytes(b"not parquet")
-    truth = _truth(tiny_dataset, 32)
+    truth = _truth(digits_dataset, 32)
     for reader in READERS:
         with open_loader(_cfg(root, reader, batch_size=8)) as loader:
             assert loader.num_rows == 96
@@ -344,81 +344,81 @@ def test_pin_memory_without_cuda_is_named():
         LoaderConfig(data="x", pin_memory=True)
 
 
-def test_file_uri_is_accepted(tiny_dataset):
-    with open_loader(_cfg(Path(tiny_dataset).resolve().as_uri(), ReaderKind.ARROW, batch_size=32)) as loader:
+def test_file_uri_is_accepted(digits_dataset):
+    with open_loader(_cfg(Path(digits_dataset).resolve().as_uri(), ReaderKind.ARROW, batch_size=32)) as loader:
         assert loader.steps_per_epoch == 3 and loader.manifest.resolution == 32
 
 
 # ----------------------------------------------------------------------------- errors
 
 
-def test_missing_manifest_is_named(tiny_dataset, tmp_path):
-    shutil.copytree(Path(tiny_dataset) / "images", tmp_path / "ds" / "images")
+def test_missing_manifest_is_named(digits_dataset, tmp_path):
+    shutil.copytree(Path(digits_dataset) / "images", tmp_path / "ds" / "images")
     with pytest.raises(FileNotFoundError, match="no manifest"):
         open_loader(LoaderConfig(data=str(tmp_path / "ds")))
 
 
-def test_wrong_manifest_schema_version_is_named(tiny_dataset, tmp_path):
-    bad = _rewrite(tiny_dataset, tmp_path / "v99", lambda t: t, schema_version=99)
+def test_wrong_manifest_schema_version_is_named(digits_dataset, tmp_path):
+    bad = _rewrite(digits_dataset, tmp_path / "v99", lambda t: t, schema_version=99)
     with pytest.raises(ValueError, match="schema_version is 99, this code reads 1"):
         open_loader(LoaderConfig(data=str(bad)))
 
 
-def test_channel_mismatch_is_named(tiny_dataset, tmp_path):
-    bad = _rewrite(tiny_dataset, tmp_path / "grey", lambda t: t, channels=1)
+def test_channel_mismatch_is_named(digits_dataset, tmp_path):
+    bad = _rewrite(digits_dataset, tmp_path / "grey", lambda t: t, channels=1)
     with pytest.raises(ValueError, match=r"channels mismatch: manifest says 1, .* has channels in \[3, 3\]"):
         open_loader(LoaderConfig(data=str(bad)))
 
 
 @pytest.mark.parametrize("reader", READERS)
-def test_a_pixel_row_of_the_wrong_size_fails_the_epoch_with_its_place(reader, tiny_dataset, tmp_path):
+def test_a_pixel_row_of_the_wrong_size_fails_the_epoch_with_its_place(reader, digits_dataset, tmp_path):
     def truncate_row_5(t: pa.Table) -> pa.Table:
         pixels = t.column("pixels").to_pylist()
         pixels[5] = pixels[5][:100]
         i = t.schema.get_field_index("pixels")
         return t.set_column(i, t.schema.field(i), pa.array(pixels, pa.binary()))
 
-    bad = _rewrite(tiny_dataset, tmp_path / "short", truncate_row_5)
+    bad = _rewrite(digits_dataset, tmp_path / "short", truncate_row_5)
     with open_loader(_cfg(bad, reader, batch_size=8, shuffle=False)) as loader:  # opening reads metadata only
         with pytest.raises(ValueError, match=r"expected 3072 bytes per row .* found 100 bytes at row 5"):
             _collect(loader)
 
 
-def test_label_index_outside_the_manifest_classes_is_named(tiny_dataset, tmp_path):
-    bad = _rewrite(tiny_dataset, tmp_path / "fewclasses", lambda t: t, classes=["0", "1", "2", "3", "4"])
+def test_label_index_outside_the_manifest_classes_is_named(digits_dataset, tmp_path):
+    bad = _rewrite(digits_dataset, tmp_path / "fewclasses", lambda t: t, classes=["0", "1", "2", "3", "4"])
     with pytest.raises(ValueError, match=r"label_index out of range: manifest has 5 classes \(0..4\), .* in \[0, 9\]"):
         open_loader(LoaderConfig(data=str(bad)))
 
 
-def test_wrong_column_type_is_named(tiny_dataset, tmp_path):
+def test_wrong_column_type_is_named(digits_dataset, tmp_path):
     def labels_as_strings(t: pa.Table) -> pa.Table:
         i = t.schema.get_field_index("label_index")
         return t.set_column(i, pa.field("label_index", pa.string()), t.column(i).cast(pa.string()))
 
-    bad = _rewrite(tiny_dataset, tmp_path / "strlabels", labels_as_strings)
+    bad = _rewrite(digits_dataset, tmp_path / "strlabels", labels_as_strings)
     with pytest.raises(ValueError, match="column 'label_index' has type string, expected integer"):
         open_loader(LoaderConfig(data=str(bad)))
 
 
 @pytest.mark.parametrize("reader", READERS)
-def test_a_rank_without_steps_is_an_error(reader, tiny_dataset):
+def test_a_rank_without_steps_is_an_error(reader, digits_dataset):
     with pytest.raises(ValueError, match=r"world_size 8 x batch 64 needs >= 512 rows, dataset has 96"):
-        open_loader(_cfg(tiny_dataset, reader, batch_size=64, world_size=8, rank=7))
+        open_loader(_cfg(digits_dataset, reader, batch_size=64, world_size=8, rank=7))
 
 
-def test_petastorm_names_the_starved_rank(tiny_dataset):
+def test_petastorm_names_the_starved_rank(digits_dataset):
     # 6 row groups of 16 rows over 4 ranks: ranks 2 and 3 get one row group (16 rows) each, less than batch 20.
     with pytest.raises(ValueError, match=r"rank 2 of world_size 4 gets 1 row groups with 16 rows, fewer than batch 20"):
-        open_loader(_cfg(tiny_dataset, ReaderKind.PETASTORM, batch_size=20, world_size=4))
-    with open_loader(_cfg(tiny_dataset, ReaderKind.ARROW, batch_size=20, world_size=4)) as loader:
+        open_loader(_cfg(digits_dataset, ReaderKind.PETASTORM, batch_size=20, world_size=4))
+    with open_loader(_cfg(digits_dataset, ReaderKind.ARROW, batch_size=20, world_size=4)) as loader:
         assert loader.steps_per_epoch == 1  # the arrow reader splits row groups, so it still has a step
 
 
-def test_bad_config_values_are_named(tiny_dataset):
+def test_bad_config_values_are_named(digits_dataset):
     with pytest.raises(ValueError, match=r"rank must be in \[0, world_size=2\), got 2"):
-        LoaderConfig(data=str(tiny_dataset), rank=2, world_size=2)
+        LoaderConfig(data=str(digits_dataset), rank=2, world_size=2)
     with pytest.raises(ValueError, match="start_step must be in"):
-        with open_loader(LoaderConfig(data=str(tiny_dataset), batch_size=8)) as loader:
+        with open_loader(LoaderConfig(data=str(digits_dataset), batch_size=8)) as loader:
             loader.epoch(0, start_step=13)
     assert LoaderConfig(data="x", reader="petastorm").reader is ReaderKind.PETASTORM
 

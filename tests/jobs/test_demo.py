@@ -1,0 +1,23 @@
+"""`imagegen demo`, small: raw files -> preprocess (Spark) -> train -> generate, in one process."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from jobs.demo import DemoConfig, run
+
+
+def test_demo_runs_end_to_end(tmp_path, spark):
+    summary = run(DemoConfig(out=str(tmp_path / "demo"), per_class=8, steps=4, batch_size=16), spark)
+    manifest = json.loads(Path(summary["manifest"]).read_text())
+    c = manifest["counts"]
+    assert c["inputs"] == 80 + 10 + 4  # 8 digits x 10 classes, 10 planted duplicates, 4 broken files
+    assert sum(c["rejected"].values()) == 4
+    assert c["inputs"] == c["written"] + sum(c["rejected"].values()) + sum(c["duplicates"].values())
+    assert sum(c["duplicates"].values()) >= 10 - 5  # the byte copies at least (a re-encode may outrank its PNG)
+    assert manifest["classes"] == [str(d) for d in range(10)]
+    assert Path(summary["checkpoint"]).exists()
+    for path in json.loads(summary["samples"]).values():
+        assert Image.open(path).size == (8 * 34 + 2, 2 * 34 + 2)  # 16 samples of 32 px, 8 per row, 2 px padding
