@@ -67,9 +67,9 @@ def run(cfg: DemoConfig, spark=None) -> dict[str, str]:
         )
     )
     grids = {}
-    for index, label in enumerate(result.manifest.classes[:3]):
+    for label in result.manifest.classes[:3]:
         path = out / f"samples-class-{label}.png"
-        generate(GenerateConfig(checkpoint=str(out / "run"), out=str(path), num=16, label=index, nrow=8))
+        generate(GenerateConfig(checkpoint=str(out / "run"), out=str(path), num=16, label=label, nrow=8))
         grids[label] = str(path)
     summary = {
         "raw": str(corpus.root),

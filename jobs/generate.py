@@ -1,6 +1,6 @@
 """`imagegen generate`: images from a checkpoint (EMA generator for GANs, decoder for the VAE).
 
-  imagegen generate --checkpoint RUN/checkpoints/ckpt-00001000.pt --num 64 --out grid.png [--label 3] [--seed 0]
+  imagegen generate --checkpoint RUN/checkpoints/ckpt-00001000.pt --num 64 --out grid.png [--label cat] [--seed 0]
   imagegen generate --checkpoint RUN --num 64 --out samples_dir/     (RUN: its newest valid checkpoint)
 
 --out ending in .png writes one grid; anything else is a directory with one PNG per image.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from training import checkpoint, sample
+from training import checkpoint, models, sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,7 @@ class GenerateConfig:
     checkpoint: str   # a checkpoint file, or a run directory (newest valid checkpoint in it)
     out: str          # DIR (one PNG per image) or FILE.png (one grid)
     num: int = 64
-    label: int | None = None  # cdcgan only: class index for every image (default: cycle through classes)
+    label: str | None = None  # cdcgan only: class name (or index) for every image (default: cycle through classes)
     seed: int = 0
     nrow: int | None = None   # grid columns (default: ~sqrt(num))
 
@@ -40,8 +40,11 @@ def run(config: GenerateConfig) -> list[Path]:
             raise FileNotFoundError(f"{path}: no valid checkpoint under {checkpoint.checkpoint_dir(path)}")
         path = found[0]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    spec, net = sample.load_sampler(path, device)
-    images = sample.generate(net, spec, config.num, config.seed, config.label, device)
+    spec, net, classes = sample.load_sampler(path, device)
+    if config.label is not None and spec.kind != models.ModelKind.CDCGAN:
+        raise ValueError(f"--label needs a class-conditional model (cdcgan); this checkpoint is {spec.kind.value}")
+    label = sample.resolve_label(config.label, classes) if config.label is not None else None
+    images = sample.generate(net, spec, config.num, config.seed, label, device)
     out = Path(config.out)
     if out.suffix.lower() == ".png":
         return [sample.save_grid(images, out, config.nrow)]
@@ -52,7 +55,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="imagegen generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     p.add_argument("--num", type=int, default=64)
-    p.add_argument("--label", type=int, default=None, help="class index (cdcgan)")
+    p.add_argument("--label", default=None, help="class name from the dataset (or its index); cdcgan only")
     p.add_argument("--out", required=True, help="DIR for one PNG per image, or FILE.png for a grid")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nrow", type=int, default=None)

@@ -239,6 +239,7 @@ class _Run:
             "config": self.cfg.to_dict(),
             "model_spec": dataclasses.asdict(self.spec) | {"kind": self.spec.kind.value},
             "manifest_id": self.manifest.manifest_id,
+            "classes": list(self.manifest.classes),  # label_index -> label, so `generate --label NAME` works
             "world_size": self.world,
         }
         return checkpoint.save(self.run_dir, self.step, payload, keep=self.cfg.keep_ckpts)

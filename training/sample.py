@@ -55,8 +55,17 @@ def save_images(images: torch.Tensor, directory: str | os.PathLike, prefix: str 
     return out
 
 
-def load_sampler(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[models.ModelSpec, torch.nn.Module]:
-    """The EMA generator (GANs) or the VAE of a checkpoint, in eval mode, on `device`."""
+def resolve_label(label: str, classes: list[str]) -> int:
+    """A class name from the dataset's manifest, or a class index, -> the class index."""
+    if label in classes:
+        return classes.index(label)
+    if label.isdigit() and int(label) < len(classes):
+        return int(label)
+    raise ValueError(f"--label {label!r} is neither a class of this model {classes[:20]} nor an index below {len(classes)}")
+
+
+def load_sampler(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[models.ModelSpec, torch.nn.Module, list[str]]:
+    """The EMA generator (GANs) or the VAE of a checkpoint, in eval mode, on `device`, and the class names."""
     payload = checkpoint.load(path, map_location="cpu")
     spec_d = dict(payload["model_spec"])
     spec = models.ModelSpec(**{**spec_d, "kind": models.ModelKind(spec_d["kind"])})
@@ -65,7 +74,8 @@ def load_sampler(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     key = "G_ema" if name == "G" and "G_ema" in payload["models"] else name
     net = nets[name]
     net.load_state_dict(payload["models"][key])
-    return spec, net.to(device).eval()
+    classes = list(payload.get("classes", [str(i) for i in range(spec.num_classes)]))
+    return spec, net.to(device).eval(), classes
 
 
 @torch.no_grad()
