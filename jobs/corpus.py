@@ -75,7 +75,7 @@ def write_demo_corpus(root: Path, per_class: int = 100, seed: int = 0) -> DemoCo
         picks = rng.choice(np.flatnonzero(labels == digit), size=per_class, replace=False)
         for i in picks:
             path = root / str(digit) / f"mnist-{i:05d}.png"
-            Image.fromarray(images[i], "L").save(path)
+            Image.fromarray(images[i]).save(path)
             written.append(path)
     dups = 0
     for path in written[:: max(1, len(written) // 5)][:5]:
@@ -87,7 +87,7 @@ def write_demo_corpus(root: Path, per_class: int = 100, seed: int = 0) -> DemoCo
     (bad_dir / "empty.png").write_bytes(b"")
     (bad_dir / "notes.jpg").write_text("this is not an image\n")
     buf = io.BytesIO()
-    Image.fromarray(images[0], "L").resize((64, 64)).save(buf, "PNG")
+    Image.fromarray(images[0]).resize((64, 64)).save(buf, "PNG")
     (bad_dir / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     Image.new("RGB", (64, 64), (128, 128, 128)).save(bad_dir / "blank.png")
     return DemoCorpus(root=root, files=len(written) + dups + 4, images=len(written), duplicates=dups, bad=4)
