@@ -86,6 +86,12 @@ SOURCE_ARROW = pa.schema(
     ]
 )
 
+# Grey levels 0..255 for statistics from histograms (exact integer sums, float moments).
+_LEVELS = np.arange(256, dtype=np.int64)
+_LEVELS_SQ = _LEVELS * _LEVELS
+_FLEVELS = _LEVELS.astype(np.float64)
+_FLEVELS_SQ = _FLEVELS * _FLEVELS
+
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _PIL_CONVERTIBLE = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
@@ -106,7 +112,7 @@ class Reject:
 class Decoded:
     row: dict[str, Any]   # STAGED_ARROW columns except kind/phash/label/label_key/run_id
     gray: np.ndarray      # (32, 32) uint8 canonical grey image, hashed per batch
-    rgb: np.ndarray       # (resolution, resolution, 3) uint8, the normalised pixels
+    rgb: np.ndarray       # (resolution, resolution, 3) uint8, the normalised pixels (a read-only view of the stored bytes)
     decoded_size: tuple[int, int]  # (width, height) actually decoded (JPEG: after DCT scaling, before orientation)
 
 
@@ -228,22 +234,22 @@ def process_image(content: bytes | None, source_uri: str, cfg: PreprocessConfig)
     # 6. derive everything from the decoded image
     gray32 = canonical_gray(rgb)
     out = fit(rgb, cfg.resolution, cfg.fit)
-    pixels = np.asarray(out)  # (resolution, resolution, 3) uint8
-    grey = out.convert("L")
-    hist = np.asarray(grey.histogram(), dtype=np.float64)
+    raw = out.tobytes()  # HWC uint8, resolution * resolution * 3 bytes: the one copy out of PIL
+    pixels = np.frombuffer(raw, dtype=np.uint8).reshape(cfg.resolution, cfg.resolution, 3)  # a view of `raw`
+    # Every statistic comes from PIL's C histograms (one pass over the 3 x res^2 bytes each, no int64
+    # copy of the pixels): 256 bins per channel give exact integer sums and sums of squares.
+    rgb_hist = np.asarray(out.histogram(), dtype=np.int64).reshape(3, 256)  # (channel, level) pixel counts
+    sums = rgb_hist @ _LEVELS                # (3,) exact sum of values per channel
+    sumsq = rgb_hist @ _LEVELS_SQ            # (3,) exact sum of squares per channel
+    hist = np.asarray(out.convert("L").histogram(), dtype=np.float64)
     n = hist.sum()
-    levels = np.arange(256, dtype=np.float64)
-    grey_mean = float((hist * levels).sum() / n)
-    contrast = math.sqrt(max(0.0, float((hist * levels * levels).sum() / n) - grey_mean * grey_mean))
+    grey_mean = float((hist * _FLEVELS).sum() / n)
+    contrast = math.sqrt(max(0.0, float((hist * _FLEVELS_SQ).sum() / n) - grey_mean * grey_mean))
     if contrast < cfg.min_std:
         return Reject(source_uri, RejectReason.BLANK, f"grey std {contrast:.3f} < min_std={cfg.min_std} (a near-uniform image)")
     p = hist[hist > 0] / n
     entropy = float(-(p * np.log2(p)).sum())
 
-    flat = pixels.reshape(-1, 3).astype(np.int64)
-    sums = flat.sum(axis=0)
-    sumsq = np.einsum("ij,ij->j", flat, flat)
-    raw = pixels.tobytes()
     if cfg.pixel_encoding == PixelEncoding.PNG:
         buf = io.BytesIO()
         out.save(buf, format="PNG", compress_level=1)  # fast setting: these are small and decoded once per epoch
@@ -266,7 +272,7 @@ def process_image(content: bytes | None, source_uri: str, cfg: PreprocessConfig)
         "channels": 3,
         "pixel_encoding": cfg.pixel_encoding.value,
         "pixels": stored,
-        "brightness": float(sums.sum()) / flat.size,
+        "brightness": float(sums.sum()) / (3 * cfg.resolution * cfg.resolution),
         "contrast": contrast,
         "entropy": entropy,
         "sum_r": int(sums[0]), "sum_g": int(sums[1]), "sum_b": int(sums[2]),

@@ -310,7 +310,11 @@ def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig
     staged_path = f"{staging}/decoded"
     with _timed(timings, "decode", progress):
         fn = functools.partial(decode_partition, cfg=cfg, run_id=run_id, labels=resolver)
-        sources.mapInArrow(fn, from_arrow_schema(STAGED_ARROW)).write.mode("error").parquet(staged_path)
+        # The staged table is temporary (deleted at commit) and mostly raw pixels, which snappy shrinks by ~3%
+        # (measured: 25.2 vs 24.4 MB for 2000 images at 64 px) while costing the JVM ~0.1-0.15 ms/image to
+        # compress here and again to decompress in the stages that re-read it: so it is stored uncompressed.
+        staged_writer = sources.mapInArrow(fn, from_arrow_schema(STAGED_ARROW)).write.mode("error")
+        staged_writer.option("compression", "none").parquet(staged_path)
     staged = spark.read.parquet(staged_path)
 
     # 4. split
