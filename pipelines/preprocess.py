@@ -299,9 +299,9 @@ def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig
     previous = None
     if prior is not None:
         with _timed(timings, "skip_seen", progress):
-            sources = sources.join(F.broadcast(_seen_uris(spark, layout, fs)), "source_uri", "left_anti")
+            # No broadcast hint: the seen set grows with the dataset; AQE broadcasts it while it is small.
+            sources = sources.join(_seen_uris(spark, layout, fs), "source_uri", "left_anti")
             input_count = sources.count()
-            tar_sidecars = 0 if input_count == 0 else tar_sidecars
         if input_count == 0:
             return None
         previous = spark.read.schema(images_spark()).parquet(layout.images)
