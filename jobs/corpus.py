@@ -61,6 +61,18 @@ class DemoCorpus:
     images: int         # distinct, valid images
     duplicates: int     # files that repeat another image (byte copy or re-encode)
     bad: int            # files that must be rejected
+    groups: dict[str, str]  # file: URI -> the file it is a copy of (itself for originals): dedup ground truth
+
+    def write_truth(self, path: Path) -> Path:
+        """The ground truth as `imagegen dedup-eval --truth` reads it (CSV source_uri,group)."""
+        lines = ["source_uri,group"] + [f"{uri},{group}" for uri, group in sorted(self.groups.items())]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+def _uri(path: Path) -> str:
+    """The source_uri the preprocess job gives a local file."""
+    return f"file:{path.resolve()}"
 
 
 def write_demo_corpus(root: Path, per_class: int = 100, seed: int = 0) -> DemoCorpus:
@@ -77,10 +89,14 @@ def write_demo_corpus(root: Path, per_class: int = 100, seed: int = 0) -> DemoCo
             path = root / str(digit) / f"mnist-{i:05d}.png"
             Image.fromarray(images[i]).save(path)
             written.append(path)
+    groups = {_uri(p): _uri(p) for p in written}
     dups = 0
     for path in written[:: max(1, len(written) // 5)][:5]:
-        (path.parent / f"copy-of-{path.name}").write_bytes(path.read_bytes())  # byte-identical
-        Image.open(path).convert("L").save(path.parent / f"{path.stem}-reencoded.jpg", quality=90)  # near duplicate
+        copy, reencoded = path.parent / f"copy-of-{path.name}", path.parent / f"{path.stem}-reencoded.jpg"
+        copy.write_bytes(path.read_bytes())  # byte-identical
+        Image.open(path).convert("L").save(reencoded, quality=90)  # near duplicate
+        for p in (copy, reencoded):
+            groups[_uri(p)] = _uri(path)
         dups += 2
     bad_dir = root / "unsorted"
     bad_dir.mkdir(exist_ok=True)
@@ -90,4 +106,4 @@ def write_demo_corpus(root: Path, per_class: int = 100, seed: int = 0) -> DemoCo
     Image.fromarray(images[0]).resize((64, 64)).save(buf, "PNG")
     (bad_dir / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     Image.new("RGB", (64, 64), (128, 128, 128)).save(bad_dir / "blank.png")
-    return DemoCorpus(root=root, files=len(written) + dups + 4, images=len(written), duplicates=dups, bad=4)
+    return DemoCorpus(root=root, files=len(written) + dups + 4, images=len(written), duplicates=dups, bad=4, groups=groups)

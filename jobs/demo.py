@@ -49,15 +49,24 @@ def run(cfg: DemoConfig, spark=None) -> dict[str, str]:
     finally:
         if spark is None:
             session.stop()  # training needs the cores now
+    from jobs.dedup_eval import DedupEvalConfig, evaluate
+
+    dataset = out / "dataset"
+    quality = evaluate(DedupEvalConfig(truth=str(corpus.write_truth(out / "dedup-truth.csv")),
+                                       duplicates=str(dataset / "duplicates"), images=str(dataset / "images")))
+    print(f"[demo] dedup against the planted duplicates (imagegen dedup-eval): precision {quality.precision:.3f}, "
+          f"recall {quality.recall:.3f} over {quality.true_pairs} true pairs; lower precision means distinct digits "
+          "were merged: tune --near-dup-distance with dedup-eval on your own data", flush=True)
     counts = result.manifest.counts
     accounted = counts["written"] + sum(counts["rejected"].values()) + sum(counts.get("duplicates", {}).values())
     if counts["inputs"] != corpus.files or accounted != corpus.files:
         raise RuntimeError(f"demo corpus has {corpus.files} files but the manifest accounts for {accounted} of {counts['inputs']} inputs")
 
+    from jobs.generate import GenerateConfig
+    from jobs.generate import run as generate
     from training.config import TrainConfig
     from training.loop import train
     from training.models import ModelKind
-    from jobs.generate import GenerateConfig, run as generate
 
     trained = train(
         TrainConfig(
@@ -78,6 +87,8 @@ def run(cfg: DemoConfig, spark=None) -> dict[str, str]:
         "run": str(out / "run"),
         "checkpoint": str(trained.checkpoint),
         "samples": json.dumps(grids),
+        "dedup_precision": f"{quality.precision:.3f}",
+        "dedup_recall": f"{quality.recall:.3f}",
         "seconds": f"{time.monotonic() - t0:.1f}",
     }
     print("\n[demo] done")

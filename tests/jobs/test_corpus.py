@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,3 +36,16 @@ def test_demo_corpus_files(tmp_path):
     files = [p for p in corpus.root.rglob("*") if p.is_file()]
     assert len(files) == corpus.files == 30 + corpus.duplicates + corpus.bad
     assert sorted(p.name for p in (corpus.root / "unsorted").iterdir()) == ["blank.png", "empty.png", "notes.jpg", "truncated.png"]
+
+
+def test_demo_corpus_ground_truth_names_each_copy_with_its_original(tmp_path):
+    corpus = write_demo_corpus(tmp_path / "raw", per_class=3)
+    truth = corpus.write_truth(tmp_path / "truth.csv").read_text().splitlines()
+    assert truth[0] == "source_uri,group" and len(truth) - 1 == corpus.images + corpus.duplicates
+    copies = {u: g for u, g in corpus.groups.items() if u != g}
+    assert len(copies) == corpus.duplicates == 10
+    for uri, group in copies.items():
+        name = uri.rsplit("/", 1)[1]
+        original = group.rsplit("/", 1)[1]
+        assert name in (f"copy-of-{original}", original.replace(".png", "-reencoded.jpg"))
+        assert corpus.groups[group] == group and Path(group.removeprefix("file:")).exists()

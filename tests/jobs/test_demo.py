@@ -19,5 +19,7 @@ def test_demo_runs_end_to_end(tmp_path, spark):
     assert sum(c["duplicates"].values()) >= 10 - 5  # the byte copies at least (a re-encode may outrank its PNG)
     assert manifest["classes"] == [str(d) for d in range(10)]
     assert Path(summary["checkpoint"]).exists()
+    assert float(summary["dedup_recall"]) == 1.0  # every planted byte copy and re-encode was caught
+    assert 0.0 < float(summary["dedup_precision"]) <= 1.0
     for path in json.loads(summary["samples"]).values():
         assert Image.open(path).size == (8 * 34 + 2, 2 * 34 + 2)  # 16 samples of 32 px, 8 per row, 2 px padding
