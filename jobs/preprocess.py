@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         master = None
     else:
         master = args.master or "local[*]"
+    from pyspark.sql import SparkSession
+
+    shared = SparkSession.getActiveSession()  # a caller's session (tests, notebooks) is left running
     spark = get_spark(master, app_name="imagegen-preprocess")
     _ship_packages(spark)
     try:
@@ -120,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetExistsError, FileNotFoundError, ValueError) as exc:
         print(f"imagegen preprocess: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if shared is None:
+            spark.stop()
 
 
 if __name__ == "__main__":

@@ -217,48 +217,45 @@ def _open_stream(uri: str):
     return fs.open_input_stream(path)
 
 
-def expand_tar(uri: str) -> Iterator[tuple[str, str | None, bytes | None, int | None, str | None, None]]:
-    """Stream one shard -> (source_uri, rel_path, content, length, source_error, read_uri=None) per image member.
-    A shard that cannot be read (or breaks mid-way) yields one read_error row naming it."""
+def _walk_tar(uri: str) -> Iterator[tuple[tarfile.TarInfo | None, bytes | None, str | None]]:
+    """(member, data, error) for every file member of one shard, streamed; a shard that cannot be read
+    (or breaks mid-way) ends with one (None, None, error). The listing count and the expansion both walk
+    a shard with this one function, reading every member's bytes, so they cannot disagree on a broken shard."""
     try:
         with _open_stream(uri) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             for member in tar:
-                if not member.isfile() or member.name.lower().endswith(WEBDATASET_SIDECARS):
+                if not member.isfile():
                     continue
                 f = tar.extractfile(member)
-                data = f.read() if f is not None else None
-                yield f"{uri}#{member.name}", member.name, data, member.size, None if data is not None else "tar member unreadable", None
+                yield member, (f.read() if f is not None else None), None
     except (tarfile.TarError, OSError, EOFError) as exc:
-        yield f"{uri}", None, None, None, f"tar shard unreadable: {type(exc).__name__}: {exc}", None
+        yield None, None, f"tar shard unreadable: {type(exc).__name__}: {exc}"
+
+
+def _is_sidecar(member: tarfile.TarInfo) -> bool:
+    return member.name.lower().endswith(WEBDATASET_SIDECARS)
+
+
+def expand_tar(uri: str) -> Iterator[tuple[str, str | None, bytes | None, int | None, str | None, None]]:
+    """Stream one shard -> (source_uri, rel_path, content, length, source_error, read_uri=None) per image member.
+    A shard that cannot be read (or breaks mid-way) yields one read_error row naming it."""
+    for member, data, error in _walk_tar(uri):
+        if member is None:
+            yield f"{uri}", None, None, None, error, None
+        elif not _is_sidecar(member):
+            yield f"{uri}#{member.name}", member.name, data, member.size, None if data is not None else "tar member unreadable", None
 
 
 def list_tar(uri: str) -> tuple[int, int]:
-    """(image members, skipped sidecar members) of one shard, reading headers only where the stream
-    can seek (uncompressed tar: tarfile skips over member data). An unreadable shard counts as one input
-    (it becomes one read_error row)."""
-    try:
-        with _open_seekable(uri) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
-            images = sidecars = 0
-            for m in tar:
-                if m.isfile():
-                    if m.name.lower().endswith(WEBDATASET_SIDECARS):
-                        sidecars += 1
-                    else:
-                        images += 1
-            return images, sidecars
-    except (tarfile.TarError, OSError, EOFError):
-        return 1, 0
-
-
-def _open_seekable(uri: str):
-    import pyarrow.fs as pafs
-
-    if uri.startswith("file:"):
-        return open("/" + uri[len("file:"):].lstrip("/"), "rb")
-    if uri.startswith("s3a://"):
-        uri = "s3://" + uri[len("s3a://"):]
-    fs, path = pafs.FileSystem.from_uri(uri)
-    return fs.open_input_file(path)
+    """(inputs, skipped sidecar members) of one shard: exactly the rows `expand_tar` will yield (a broken
+    shard's error row counts as one input). Reads the shard through, like the expansion."""
+    images = sidecars = 0
+    for member, _, _ in _walk_tar(uri):
+        if member is not None and _is_sidecar(member):
+            sidecars += 1
+        else:
+            images += 1
+    return images, sidecars
 
 
 def _list_tars(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

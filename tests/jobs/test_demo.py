@@ -16,7 +16,7 @@ def test_demo_runs_end_to_end(tmp_path, spark):
     assert c["inputs"] == 80 + 10 + 4  # 8 digits x 10 classes, 10 planted duplicates, 4 broken files
     assert sum(c["rejected"].values()) == 4
     assert c["inputs"] == c["written"] + sum(c["rejected"].values()) + sum(c["duplicates"].values())
-    assert sum(c["duplicates"].values()) >= 10 - 5  # the byte copies at least (a re-encode may outrank its PNG)
+    assert sum(c["duplicates"].values()) >= 10  # the 10 planted copies (recall below), plus any false merges
     assert manifest["classes"] == [str(d) for d in range(10)]
     assert Path(summary["checkpoint"]).exists()
     assert float(summary["dedup_recall"]) == 1.0  # every planted byte copy and re-encode was caught

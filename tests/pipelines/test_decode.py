@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import time
 import tracemalloc
 
 import imagehash
@@ -113,17 +112,15 @@ def test_jpeg_is_decoded_at_reduced_scale():
 
 
 @pytest.mark.parametrize("w,h", [(10_000, 10_000), (100_000, 100_000)])
-def test_bomb_header_rejected_fast_without_allocating(w, h):
+def test_bomb_header_rejected_without_allocating(w, h):
+    """Rejected from the header alone: the memory peak shows nothing was decoded (speed lives in bench/)."""
     data = png_bomb_header(w, h)
     assert len(data) < 200_000
     tracemalloc.start()
-    t0 = time.perf_counter()
     result = process_image(data, "mem:bomb", CFG)
-    elapsed = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert isinstance(result, Reject) and result.reason == RejectReason.TOO_LARGE, result
-    assert elapsed < 0.5, elapsed
     assert peak < 16 * 1024 * 1024, peak  # a decoded 10000x10000 RGB image would be 300 MB
 
 

@@ -105,7 +105,7 @@ def test_tar_shards_expand_to_members_and_skip_sidecars(spark, tree):
     assert rows[f"{s0}#cat/001.jpg"]["rel_path"] == "cat/001.jpg"
     with tarfile.open(tree / "shards" / "shard-000.tar") as t:
         assert rows[f"{s0}#cat/001.jpg"]["content"] == t.extractfile("cat/001.jpg").read()
-    assert list_tar(s0) == (2, 1) and list_tar(s1) == (1, 1)  # header-only listing: (images, sidecars)
+    assert list_tar(s0) == (2, 1) and list_tar(s1) == (1, 1)  # (inputs, sidecars)
 
 
 def test_independent_input_count_over_all_kinds(spark, tree):
@@ -132,3 +132,17 @@ def test_parquet_binary_column_and_hf_struct(spark, tree):
     assert by_row["row=0hf"]["content"] == _jpeg(9) and by_row["row=0hf"]["rel_path"] == "cat/9.jpg"
     with pytest.raises(ValueError, match="image_column 'pixels' not found"):
         load_sources(spark, [classify(spark, str(tree / "pq"))], PreprocessConfig(image_column="pixels"), 2)
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.55])
+def test_a_shard_cut_short_is_counted_as_it_is_expanded(tmp_path, cut):
+    """The listing count and the expansion agree on a truncated shard, so conservation holds and the
+    break becomes a read_error row instead of failing the job."""
+    whole = write_tar(tmp_path / "whole.tar", [(f"{i:03d}.jpg", _jpeg(10 + i)) for i in range(4)])
+    data = whole.read_bytes()
+    cut_shard = tmp_path / "cut.tar"
+    cut_shard.write_bytes(data[: int(len(data) * cut)])
+    rows = list(expand_tar(f"file:{cut_shard}"))
+    assert list_tar(f"file:{cut_shard}") == (len(rows), 0)
+    assert rows[-1][0] == f"file:{cut_shard}" and "unreadable" in rows[-1][4]  # the break, named
+    assert all(r[4] is None for r in rows[:-1]) and len(rows) <= 4
