@@ -221,10 +221,17 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
     try:
         with Progress(spark, cfg.progress_interval_s) as progress:
             result = _run(spark, inputs, out, cfg, run_id, staging, layout, fs, timings, progress, prior)
+        timings["total"] = round(time.monotonic() - t_start, 3)
+        if result is not None:
+            manifest = dataclasses.replace(result, timings=timings)
+            fs.write_text_atomic(layout.manifest, manifest.to_json())  # last: its presence means "complete"
     except BaseException:
-        fs.delete(staging)  # nothing half-written stays behind
+        # Nothing half-written stays behind: this run's partitions (if the commit had started moving
+        # them) and its staging go; earlier runs' partitions and an incremental dataset's manifest are untouched.
+        for target in (layout.images, layout.rejects, layout.duplicates):
+            fs.delete(f"{target}/run_id={run_id}")
+        fs.delete(staging)
         raise
-    timings["total"] = round(time.monotonic() - t_start, 3)
     if result is None:  # incremental, and every input was seen by an earlier run: nothing new is written
         fs.delete(staging)
         _remove_if_empty(fs, layout.root.rstrip("/") + "/_staging")
@@ -232,8 +239,12 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
         summary = f"imagegen preprocess: nothing new in {len(inputs)} input(s); {out} is unchanged (run {prior.run_id})"
         log(summary)
         return PreprocessResult(prior, out, summary)
-    manifest = dataclasses.replace(result, timings=timings)
-    fs.write_text_atomic(layout.manifest, manifest.to_json())  # last: its presence means "complete"
+    if cfg.overwrite:  # the new dataset is complete: only now do the replaced runs' partitions go
+        for target in (layout.images, layout.rejects, layout.duplicates):
+            for entry in fs.list(target) if fs.exists(target) else []:
+                name = entry.uri.rstrip("/").rsplit("/", 1)[-1]
+                if name.startswith("run_id=") and name != f"run_id={run_id}":
+                    fs.delete(entry.uri)
     fs.delete(staging)
     _remove_if_empty(fs, layout.root.rstrip("/") + "/_staging")
     summary = render_summary(manifest)
@@ -379,9 +390,9 @@ def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig
     # 9. commit the partitions (manifest.json is written by the caller, last)
     with _timed(timings, "commit", progress):
         if cfg.overwrite and fs.exists(layout.manifest):
-            fs.delete(layout.manifest)  # the old dataset stops looking complete before anything moves
-            for d in (layout.images, layout.rejects, layout.duplicates):
-                fs.delete(d)
+            # The old dataset stops looking complete before anything moves; its partitions stay until the
+            # new manifest is written (run_preprocess), so a failure from here on loses no data.
+            fs.delete(layout.manifest)
         for name, target in (("images", layout.images), ("rejects", layout.rejects), ("duplicates", layout.duplicates)):
             src = f"{staging}/{name}/run_id={run_id}"
             if fs.exists(src):
