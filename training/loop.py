@@ -77,19 +77,23 @@ class _Run:
                 world_size=self.world, seed=config.seed, shuffle=True, with_ids=config.debug_probe,
             )
         )
-        self.manifest = self.loader.manifest
-        self.spe = self.loader.steps_per_epoch
-        self.total = config.steps if config.steps is not None else (config.epochs or 1) * self.spe
-        self.global_batch = config.batch_size * self.world
-        self.spec = models.ModelSpec(
-            kind=config.model, resolution=self.manifest.resolution, channels=self.manifest.channels,
-            z_dim=config.z_dim, base_channels=config.base_channels, num_classes=len(self.manifest.classes),
-        )
-        self.is_gan = config.model != models.ModelKind.VAE
-        self.amp_dtype = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}.get(config.precision)
-        self.channels_last = self.device.type == "cuda" if config.channels_last is None else config.channels_last
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == Precision.FP16)
-        self._build()
+        try:
+            self.manifest = self.loader.manifest
+            self.spe = self.loader.steps_per_epoch
+            self.total = config.steps if config.steps is not None else (config.epochs or 1) * self.spe
+            self.global_batch = config.batch_size * self.world
+            self.spec = models.ModelSpec(
+                kind=config.model, resolution=self.manifest.resolution, channels=self.manifest.channels,
+                z_dim=config.z_dim, base_channels=config.base_channels, num_classes=len(self.manifest.classes),
+            )
+            self.is_gan = config.model != models.ModelKind.VAE
+            self.amp_dtype = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}.get(config.precision)
+            self.channels_last = self.device.type == "cuda" if config.channels_last is None else config.channels_last
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == Precision.FP16)
+            self._build()
+        except BaseException:
+            self.loader.close()  # its reader threads would outlive a failed setup
+            raise
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
@@ -352,14 +356,17 @@ class _Run:
         if cfg.debug_probe:
             self._write_probe(ids_seen, local_last, last)
         dist.barrier()
-        if dist.is_main():
-            self.tb.close()
-            self.metrics_file.close()
-        self.loader.close()
         epoch, sie = self._position()
         return TrainResult(
             self.rank, self.world, self.step, epoch, sie, last, str(final_ckpt) if final_ckpt else None, self.resumed_from
         )
+
+    def close(self) -> None:
+        """Release the loader's threads and the main process's writers; safe after a failure at any point."""
+        for name in ("tb", "metrics_file"):
+            if getattr(self, name, None) is not None:
+                getattr(self, name).close()
+        self.loader.close()
 
     def _write_probe(self, ids: list[str], local: dict[str, float], averaged: dict[str, float]) -> None:
         d = self.run_dir / "probe"
@@ -379,6 +386,10 @@ def train(config: TrainConfig) -> TrainResult:
     """Train `config.model` on `config.data` for `config.steps` steps (or epochs); see the module docstring."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return _Run(config).run()
+        run = _Run(config)
+        try:
+            return run.run()
+        finally:
+            run.close()
     finally:  # a process-wide switch: leave it as found (tests train several times in one process)
         torch.use_deterministic_algorithms(was_deterministic)
