@@ -41,6 +41,7 @@ import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.config import FitMode, PixelEncoding, PreprocessConfig
+from pipelines.fs import local_path
 from pipelines.labels import LabelResolver
 from pipelines.phash import SMALL, canonical_gray, phash_batch
 from schemas.images import IMAGES_ARROW, RejectReason
@@ -284,8 +285,7 @@ def process_image(content: bytes | None, source_uri: str, cfg: PreprocessConfig)
 
 def read_local(uri: str) -> bytes:
     """Bytes of a local file given as a file: URI (file:/x, file:///x) or a plain path."""
-    path = "/" + uri[len("file:"):].lstrip("/") if uri.startswith("file:") else uri
-    with open(path, "rb") as f:
+    with open(local_path(uri), "rb") as f:
         return f.read()
 
 

@@ -16,6 +16,11 @@ def has_scheme(uri: str) -> bool:
     return ":" in head and len(head.split(":", 1)[0]) > 1  # "C:" style drive letters are not schemes
 
 
+def local_path(uri: str) -> str:
+    """The OS path of a local file given as a file: URI (file:/x, file:///x) or a plain path."""
+    return "/" + uri[len("file:"):].lstrip("/") if uri.startswith("file:") else uri
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     uri: str

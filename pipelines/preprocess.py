@@ -338,8 +338,10 @@ def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig
     if cfg.dedup:
         with _timed(timings, "dedup", progress):
             dedup_cfg = DedupConfig(near_distance=cfg.near_dup_distance, verify_distance=cfg.verify_distance, partitions=partitions)
-            kept, dups = deduplicate(spark, images, previous, dedup_cfg)
-            # Persisted like the decode output: later stages read it twice (stats, write) and must agree.
+            # Only the dropped rows are used: they are persisted like the decode output, and `kept` is derived
+            # from them, because deduplicate's own lazy `kept` would re-run the whole dedup plan on every use
+            # (stats, then write) and the two uses must agree.
+            _, dups = deduplicate(spark, images, previous, dedup_cfg)
             dups.withColumn("run_id", F.lit(run_id)).write.mode("error").parquet(f"{staging}/dedup_dropped")
             duplicates = spark.read.parquet(f"{staging}/dedup_dropped")
             kept = images.join(duplicates.select("source_uri"), "source_uri", "left_anti")

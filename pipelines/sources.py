@@ -35,7 +35,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from pipelines.config import PreprocessConfig
 from pipelines.decode import SOURCE_ARROW
-from pipelines.fs import FileSystem, has_scheme
+from pipelines.fs import FileSystem, has_scheme, local_path
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 LIST_SUFFIXES = (".txt", ".lst", ".list", ".uris")
@@ -208,9 +208,7 @@ def _open_stream(uri: str):
     import pyarrow.fs as pafs
 
     if uri.startswith("file:"):
-        path = uri[len("file:"):]
-        path = "/" + path.lstrip("/")
-        return open(path, "rb")
+        return open(local_path(uri), "rb")
     if uri.startswith("s3a://"):
         uri = "s3://" + uri[len("s3a://"):]
     fs, path = pafs.FileSystem.from_uri(uri)
