@@ -7,7 +7,7 @@ writes them, row groups of --row-group rows) plus a manifest to a temp dir, then
 epochs (batch --batch, rank 0 of 1, shuffle on) and only touches each batch (no model, no normalisation). Opening
 the loader (metadata) is timed separately and not included in the per-epoch numbers. Every one of the --repeats epochs is printed, then
 the median and the best (by images/s per core). The arrow reader's batches are (B, C, H, W) channels_last views of a
-(B, H, W, C) buffer (no transpose); petastorm's go through the same decode_pixels.
+(B, H, W, C) buffer (no transpose); petastorm's go through the same decode_pixel_column.
 
 How cores are counted: "per core" = images / CPU seconds of this process over the epoch (time.process_time, which
 sums every thread: the consumer, the arrow reader's prefetch thread, pyarrow's I/O and decode pool, petastorm's

@@ -18,7 +18,10 @@ import dataclasses
 import json
 import os
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
+from itertools import combinations
+
+WRONG_PAIRS_SHOWN = 20  # wrong pairs listed per kind (false merges, misses)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,12 @@ class DedupEvalResult:
     f1: float
     dropped_not_in_truth: int   # duplicates/ rows whose image is not in the truth file (not scored)
     truth_not_found: int        # truth images in neither images/ nor duplicates/ (only with images)
+    false_positive_pairs: int = 0   # merged by us, distinct in the truth
+    false_negative_pairs: int = 0   # one picture in the truth, kept apart by us
+    true_negative_pairs: int = 0    # distinct in both
+    # Up to WRONG_PAIRS_SHOWN of each: [a, b, signals of a's and b's duplicates rows (or None)].
+    false_merges: list = dataclasses.field(default_factory=list)
+    misses: list = dataclasses.field(default_factory=list)
 
 
 def read_truth(path: str) -> dict[str, str]:
@@ -67,21 +76,29 @@ def read_truth(path: str) -> dict[str, str]:
 
 def read_duplicates(path: str) -> list[tuple[str, str]]:
     """(source_uri, kept_source_uri) rows of a duplicates/ dataset (hive partitions allowed)."""
+    return [(r["source_uri"], r["kept_source_uri"]) for r in read_duplicate_rows(path)]
+
+
+def read_duplicate_rows(path: str) -> list[dict]:
+    """Every duplicates/ row as a dict (source_uri, kept_source_uri, kind, distance, similarity when present)."""
     import pyarrow.dataset as ds
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"duplicates {path} not found: expected OUT/duplicates or a Parquet file")
-    table = ds.dataset(path, format="parquet", partitioning="hive").to_table(columns=["source_uri", "kept_source_uri"])
-    return list(zip(table.column("source_uri").to_pylist(), table.column("kept_source_uri").to_pylist()))
+    dataset = ds.dataset(path, format="parquet", partitioning="hive")
+    wanted = [c for c in ("source_uri", "kept_source_uri", "kind", "distance", "similarity") if c in dataset.schema.names]
+    return dataset.to_table(columns=wanted).to_pylist()
 
 
 def _pairs(sizes) -> int:
     return sum(n * (n - 1) // 2 for n in sizes)
 
 
-def score(truth: dict[str, str], duplicates: list[tuple[str, str]], known: set[str] | None = None) -> DedupEvalResult:
+def score(truth: dict[str, str], duplicates: list[tuple[str, str]], known: set[str] | None = None,
+          signals: dict[str, dict] | None = None) -> DedupEvalResult:
     """Pairwise scores from group sizes (no pair enumeration): a pair is in our group g and truth group t
-    for C(|g & t|, 2) pairs."""
+    for C(|g & t|, 2) pairs. Wrong pairs are listed (a few of each kind) with `signals` (source_uri -> its
+    duplicates row) of both images."""
     predicted = {uri: uri for uri in truth}  # every scored image is its own group unless dropped
     dropped_not_in_truth = 0
     for uri, kept in duplicates:
@@ -97,8 +114,28 @@ def score(truth: dict[str, str], duplicates: list[tuple[str, str]], known: set[s
     recall = tpos / tp_ if tp_ else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     seen = (known or set()) | {u for u, _ in duplicates}
+    signals = signals or {}
+    false_merges, misses = [], []
+    for members in _members(predicted).values():  # merged by us, distinct in the truth
+        for a, b in combinations(sorted(members), 2):
+            if truth[a] != truth[b] and len(false_merges) < WRONG_PAIRS_SHOWN:
+                false_merges.append([a, b, signals.get(a), signals.get(b)])
+    for members in _members(truth).values():  # one picture, kept apart by us
+        for a, b in combinations(sorted(members), 2):
+            if predicted[a] != predicted[b] and len(misses) < WRONG_PAIRS_SHOWN:
+                misses.append([a, b, signals.get(a), signals.get(b)])
+    all_pairs = _pairs([len(truth)])
     return DedupEvalResult(len(truth), pp, tp_, tpos, precision, recall, f1, dropped_not_in_truth,
-                           sum(1 for u in truth if u not in seen) if known is not None else 0)
+                           sum(1 for u in truth if u not in seen) if known is not None else 0,
+                           false_positive_pairs=pp - tpos, false_negative_pairs=tp_ - tpos,
+                           true_negative_pairs=all_pairs - pp - tp_ + tpos, false_merges=false_merges, misses=misses)
+
+
+def _members(group_of: dict[str, str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for uri, group in group_of.items():
+        out[group].append(uri)
+    return out
 
 
 def evaluate(config: DedupEvalConfig) -> DedupEvalResult:
@@ -107,7 +144,9 @@ def evaluate(config: DedupEvalConfig) -> DedupEvalResult:
         import pyarrow.dataset as ds
 
         known = set(ds.dataset(config.images, format="parquet", partitioning="hive").to_table(columns=["source_uri"]).column("source_uri").to_pylist())
-    return score(read_truth(config.truth), read_duplicates(config.duplicates), known)
+    rows = read_duplicate_rows(config.duplicates)
+    signals = {r["source_uri"]: {k: v for k, v in r.items() if k != "source_uri"} for r in rows}
+    return score(read_truth(config.truth), [(r["source_uri"], r["kept_source_uri"]) for r in rows], known, signals)
 
 
 def parse(argv: list[str]) -> DedupEvalConfig:
@@ -140,10 +179,27 @@ def main(argv: list[str]) -> int:
         print(f"scored images      {result.scored_images}")
         print(f"pairs: predicted {result.predicted_pairs}, true {result.true_pairs}, both {result.true_positive_pairs}")
         print(f"precision {result.precision:.4f}  recall {result.recall:.4f}  F1 {result.f1:.4f}")
+        print("pair confusion        truth: same   truth: different")
+        print(f"  we merged          {result.true_positive_pairs:>11} {result.false_positive_pairs:>18}")
+        print(f"  we kept apart      {result.false_negative_pairs:>11} {result.true_negative_pairs:>18}")
+        for title, pairs in (("false merges (distinct images we merged)", result.false_merges),
+                             ("misses (copies we kept apart)", result.misses)):
+            if pairs:
+                print(f"{title}, first {len(pairs)}:")
+                for a, b, sa, sb in pairs:
+                    print(f"  {a}\n    {b}\n    signals: {_signals_text(sa)} | {_signals_text(sb)}")
         if result.dropped_not_in_truth or result.truth_not_found:
             print(f"not scored: {result.dropped_not_in_truth} dropped images absent from the truth; "
                   f"{result.truth_not_found} truth images found in neither images/ nor duplicates/ (rejected?)")
     return 0
+
+
+def _signals_text(row: dict | None) -> str:
+    if row is None:
+        return "kept"
+    sim = row.get("similarity")
+    sim_text = "n/a" if sim is None or sim != sim else f"{sim:.4f}"
+    return f"{row.get('kind')} -> {row.get('kept_source_uri')}: pHash distance {row.get('distance')}, similarity {sim_text}"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
     # Run as a file (spark-submit jobs/preprocess.py): make the repository's packages importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.config import FitMode, PixelEncoding, PreprocessConfig, parse_labels_arg  # noqa: E402
+from pipelines.config import ChannelMode, FitMode, PixelEncoding, PreprocessConfig, parse_labels_arg  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit", choices=[m.value for m in FitMode], help="center-crop (default), pad or stretch")
     p.add_argument("--labels", help="dirs | none (default) | PATH.csv | PATH.json")
     p.add_argument("--pixel-encoding", choices=[e.value for e in PixelEncoding], help="raw (default) or png")
-    p.add_argument("--min-size", type=int, help="reject images whose short side is below this (pixels)")
+    p.add_argument("--channels", choices=[c.value for c in ChannelMode],
+                   help="stored channels: auto (default: 1 when every written image is grey, else 3), 1 or 3")
+    p.add_argument("--min-size", type=int, help="reject images whose short side is below this (pixels, default 16)")
     p.add_argument("--max-pixels", type=int, help="decompression-bomb limit on declared width*height")
     p.add_argument("--max-aspect", type=float, help="reject when long/short side exceeds this")
     p.add_argument("--min-std", type=float, help="reject as blank when the grey std (0..255) is below this")
@@ -37,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arrow-batch-rows", type=int, help="rows per Arrow batch into the decode stage")
     p.add_argument("--near-dup-distance", type=int, metavar="D",
                    help="pHash Hamming distance for near duplicates (default 8; 0 = exact duplicates only)")
-    p.add_argument("--verify-distance", type=int, help="near pairs must also be within this of 256 bits of the 256-bit pHash (default 56)")
+    p.add_argument("--min-similarity", type=float,
+                   help="pHash candidates are near duplicates only when the pixel similarity of the normalised images is at least this (docs/dedup.md)")
     p.add_argument("--no-dedup", action="store_true", help="keep every valid image (no exact or near dedup)")
     p.add_argument("--incremental", action="store_true",
                    help="add to the dataset at OUT: only inputs no earlier run has seen, deduplicated against earlier runs")
@@ -51,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     overrides = {}
     for name in ("resolution", "fit", "pixel_encoding", "min_size", "max_pixels", "max_aspect", "min_std",
-                 "image_column", "partitions", "arrow_batch_rows", "near_dup_distance", "verify_distance"):
+                 "image_column", "partitions", "arrow_batch_rows", "near_dup_distance", "min_similarity", "channels"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -95,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = config_from_args(args)
+        cfg.check_job()
     except (ValueError, OSError) as exc:
         print(f"imagegen preprocess: {exc}", file=sys.stderr)
         return 2
     print("imagegen preprocess config:", json.dumps(cfg.to_dict(), sort_keys=True), flush=True)
 
-    from pipelines.preprocess import DatasetExistsError, plan_preprocess, run_preprocess
+    from pipelines.preprocess import DatasetExistsError, NothingWrittenError, plan_preprocess, run_preprocess
     from pipelines.spark import get_spark
 
     if _under_spark_submit():
@@ -123,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetExistsError, FileNotFoundError, ValueError) as exc:
         print(f"imagegen preprocess: {exc}", file=sys.stderr)
         return 2
+    except NothingWrittenError as exc:
+        print(f"imagegen preprocess: failed: {exc}", file=sys.stderr)
+        return 1
     finally:
         if shared is None:
             spark.stop()

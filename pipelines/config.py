@@ -8,6 +8,9 @@ from typing import Any
 
 import yaml
 
+from schemas.images import TRAINABLE_RESOLUTIONS
+from schemas.pixels import PixelEncoding
+
 
 class FitMode(str, enum.Enum):
     """How a WxH image becomes resolution x resolution."""
@@ -17,9 +20,12 @@ class FitMode(str, enum.Enum):
     STRETCH = "stretch"          # scale each axis independently (aspect ratio not kept)
 
 
-class PixelEncoding(str, enum.Enum):
-    RAW = "raw"  # height * width * channels uint8 bytes, HWC
-    PNG = "png"  # a PNG file of the normalised image (smaller, costs an encode/decode)
+class ChannelMode(str, enum.Enum):
+    """How many channels the dataset stores."""
+
+    AUTO = "auto"  # 1 when every image the run writes is grey (R == G == B after conversion), else 3
+    GREY = "1"     # one channel: ITU-R 601 luma of the RGB image (PIL's convert("L"), bit for bit)
+    RGB = "3"      # three channels, grey images replicated
 
 
 class LabelMode(str, enum.Enum):
@@ -35,7 +41,12 @@ class PreprocessConfig:
     labels: LabelMode = LabelMode.NONE
     labels_path: str | None = None            # the sidecar file when labels == SIDECAR
     pixel_encoding: PixelEncoding = PixelEncoding.RAW
-    min_size: int = 32                        # reject (too_small) when the original short side is below this, pixels
+    channels: ChannelMode = ChannelMode.AUTO  # stored channels (incremental runs keep the dataset's)
+    # Reject (too_small) when the original short side is below this, pixels. 16: the smallest common icon
+    # size, and half of the pHash grid (32 px), so a candidate's hash still sees real structure; MNIST
+    # (28 px) and CIFAR (32 px) must pass at --resolution 32 and 64 (a 2-4x upscale), and below 16 px an
+    # image carries too little detail to be worth a 4x or larger upscale.
+    min_size: int = 16
     max_pixels: int = 64_000_000              # decompression-bomb limit on declared width*height (too_large)
     max_file_bytes: int = 64 * 1024 * 1024    # files above this are rejected as too_large, bytes
     max_aspect: float = 4.0                   # reject (bad_aspect) when long side / short side exceeds this
@@ -50,24 +61,28 @@ class PreprocessConfig:
     read_local_in_worker: bool = True
     dedup: bool = True                        # drop exact and near duplicates (pipelines/dedup.py); off: keep every valid image
     near_dup_distance: int = 8                # pHash Hamming distance D for near duplicates; 0 = exact only (docs/dedup.md)
-    verify_distance: int = 56                 # near pairs must also be within this many of 256 bits of the pixels' 256-bit pHash
+    # A candidate pair (pHash within near_dup_distance) is a near duplicate only when the pixel similarity of
+    # the stored normalised images (pipelines/similarity.py) is at least this; measured in docs/dedup.md.
+    min_similarity: float | None = None       # None: pipelines.similarity.DEFAULT_MIN_SIMILARITY
     incremental: bool = False                 # append a run: only inputs no earlier run has seen, dedup against earlier runs
     overwrite: bool = False                   # replace an existing complete dataset at OUT
     progress_interval_s: float = 5.0          # how often the progress line is printed, seconds
 
     def __post_init__(self) -> None:
         # Accept plain strings (from YAML/CLI) for the enums, then validate.
-        for name, kind in (("fit", FitMode), ("labels", LabelMode), ("pixel_encoding", PixelEncoding)):
+        for name, kind in (("fit", FitMode), ("labels", LabelMode), ("pixel_encoding", PixelEncoding), ("channels", ChannelMode)):
             value = getattr(self, name)
             if not isinstance(value, kind):
                 try:
-                    object.__setattr__(self, name, kind(value))
+                    object.__setattr__(self, name, kind(str(value)))
                 except ValueError:
                     raise ValueError(f"{name}: expected one of {[k.value for k in kind]}, got {value!r}") from None
         if self.labels == LabelMode.SIDECAR and not self.labels_path:
             raise ValueError("labels=sidecar needs labels_path (a .csv or .json file)")
         if self.resolution < 8 or self.resolution > 4096:
             raise ValueError(f"resolution: expected 8..4096 pixels, got {self.resolution}")
+        if self.min_similarity is not None and not -1.0 <= self.min_similarity <= 1.0:
+            raise ValueError(f"min_similarity: expected -1.0..1.0 (a correlation), got {self.min_similarity}")
         if self.min_size < 1:
             raise ValueError(f"min_size: expected >= 1, got {self.min_size}")
         if self.max_aspect < 1.0:
@@ -80,6 +95,13 @@ class PreprocessConfig:
             raise ValueError("incremental and overwrite contradict each other: incremental appends to OUT, overwrite replaces it")
         if self.partitions is not None and self.partitions < 1:
             raise ValueError(f"partitions: expected >= 1 or None, got {self.partitions}")
+
+    def check_job(self) -> None:
+        """What a whole job needs beyond a valid per-image config: a resolution the models train on, so a
+        dataset never passes preprocessing and then fails in `train`. Checked before Spark starts."""
+        if self.resolution not in TRAINABLE_RESOLUTIONS:
+            raise ValueError(f"resolution {self.resolution}: the models train on {', '.join(map(str, TRAINABLE_RESOLUTIONS))} pixels; "
+                             f"pass --resolution {next((r for r in TRAINABLE_RESOLUTIONS if r >= self.resolution), TRAINABLE_RESOLUTIONS[-1])}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: enums as their values."""

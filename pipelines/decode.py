@@ -40,11 +40,12 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipelines.config import FitMode, PixelEncoding, PreprocessConfig
-from pipelines.fs import local_path
+from pipelines.config import FitMode, PreprocessConfig
 from pipelines.labels import LabelResolver
 from pipelines.phash import SMALL, canonical_gray, phash_batch
 from schemas.images import IMAGES_ARROW, RejectReason
+from schemas.pixels import PixelEncoding, decode_pixels, encode_pixels
+from schemas.uri import uri_to_path
 
 KIND_IMAGE = "image"
 KIND_REJECT = "reject"
@@ -70,6 +71,10 @@ STAGED_ARROW = pa.schema(
         pa.field("sumsq_g", pa.int64(), nullable=True),
         pa.field("sumsq_b", pa.int64(), nullable=True),
         pa.field("n_pixels", pa.int64(), nullable=True),     # pixels per channel (width * height)
+        # The grey (luma, `to_grey`) sums, for a dataset stored with one channel; equal to sum_r when is_grey.
+        pa.field("sum_l", pa.int64(), nullable=True),
+        pa.field("sumsq_l", pa.int64(), nullable=True),
+        pa.field("is_grey", pa.bool_(), nullable=True),      # R == G == B at every normalised pixel (--channels auto)
     ]
 )
 
@@ -96,6 +101,7 @@ _FLEVELS_SQ = _FLEVELS * _FLEVELS
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _PIL_CONVERTIBLE = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_GREY_MODES = {"L", "1"} | _SIXTEEN_BIT  # to_rgb replicates these: R == G == B by construction
 
 
 class UnsupportedModeError(ValueError):
@@ -242,7 +248,8 @@ def process_image(content: bytes | None, source_uri: str, cfg: PreprocessConfig)
     rgb_hist = np.asarray(out.histogram(), dtype=np.int64).reshape(3, 256)  # (channel, level) pixel counts
     sums = rgb_hist @ _LEVELS                # (3,) exact sum of values per channel
     sumsq = rgb_hist @ _LEVELS_SQ            # (3,) exact sum of squares per channel
-    hist = np.asarray(out.convert("L").histogram(), dtype=np.float64)
+    grey_hist = np.asarray(out.convert("L").histogram(), dtype=np.int64)
+    hist = grey_hist.astype(np.float64)
     n = hist.sum()
     grey_mean = float((hist * _FLEVELS).sum() / n)
     contrast = math.sqrt(max(0.0, float((hist * _FLEVELS_SQ).sum() / n) - grey_mean * grey_mean))
@@ -251,12 +258,10 @@ def process_image(content: bytes | None, source_uri: str, cfg: PreprocessConfig)
     p = hist[hist > 0] / n
     entropy = float(-(p * np.log2(p)).sum())
 
-    if cfg.pixel_encoding == PixelEncoding.PNG:
-        buf = io.BytesIO()
-        out.save(buf, format="PNG", compress_level=1)  # fast setting: these are small and decoded once per epoch
-        stored = buf.getvalue()
-    else:
-        stored = raw
+    stored = encode_pixels(pixels, cfg.pixel_encoding) if cfg.pixel_encoding is not PixelEncoding.RAW else raw
+    # Grey: PIL's L, 1 and 16-bit modes are grey by construction; anything else is grey when its three
+    # channels agree everywhere (an RGB file of a grey picture). Two comparisons of res^2 bytes each.
+    is_grey = orig_mode in _GREY_MODES or bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2]))
     sha = hashlib.sha256(content).hexdigest()
     row = {
         "source_uri": source_uri,
@@ -279,14 +284,40 @@ def process_image(content: bytes | None, source_uri: str, cfg: PreprocessConfig)
         "sum_r": int(sums[0]), "sum_g": int(sums[1]), "sum_b": int(sums[2]),
         "sumsq_r": int(sumsq[0]), "sumsq_g": int(sumsq[1]), "sumsq_b": int(sumsq[2]),
         "n_pixels": cfg.resolution * cfg.resolution,
+        "sum_l": int(grey_hist @ _LEVELS), "sumsq_l": int(grey_hist @ _LEVELS_SQ),
+        "is_grey": is_grey,
     }
     return Decoded(row=row, gray=gray32, rgb=pixels, decoded_size=decoded_size)
 
 
 def read_local(uri: str) -> bytes:
     """Bytes of a local file given as a file: URI (file:/x, file:///x) or a plain path."""
-    with open(local_path(uri), "rb") as f:
+    with open(uri_to_path(uri), "rb") as f:
         return f.read()
+
+
+# ITU-R 601-2 luma in PIL's fixed point (Convert.c, rgb2l): L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16.
+# The weights sum to 65536, so a grey pixel (R == G == B == v) maps to v exactly.
+_LUMA = np.array([19595, 38470, 7471], dtype=np.uint32)
+
+
+def to_grey(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) -> (H, W, 1), bit for bit what PIL's convert("L") gives (tests check it)."""
+    luma = (pixels.astype(np.uint32) @ _LUMA + 0x8000) >> 16
+    return luma.astype(np.uint8)[..., None]
+
+
+def reduce_to_grey(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: images/ rows stored with 3 channels -> the same rows with 1 channel (luma)."""
+    for batch in batches:
+        cols = batch.to_pydict()
+        out = []
+        for data, w, h, c, enc in zip(cols["pixels"], cols["width"], cols["height"], cols["channels"], cols["pixel_encoding"]):
+            px = decode_pixels(data, h, w, c, enc)
+            out.append(encode_pixels(px if c == 1 else to_grey(px), enc))
+        cols["pixels"] = out
+        cols["channels"] = [1] * len(out)
+        yield pa.RecordBatch.from_pydict(cols, schema=batch.schema)
 
 
 def decode_batch(batch: pa.RecordBatch, cfg: PreprocessConfig, run_id: str, labels: LabelResolver | None) -> pa.RecordBatch:

@@ -4,7 +4,8 @@ The pieces are pure DataFrame -> DataFrame functions, composed by `deduplicate`:
 
 1. `assign_ranks`    one slim row per image (no pixels) with `id` = its rank, 0 = best. Order: images
                      of earlier runs first (they are always kept), then larger original resolution
-                     (orig_width * orig_height), then larger file, then source_uri (ascending).
+                     (orig_width * orig_height), then lossless before lossy (a PNG original beats its
+                     larger JPEG re-encode), then larger file, then source_uri (ascending).
 2. `exact_groups`    images with the same sha256 of the original bytes, or the same sha256 of the
                      normalised pixels, are ONE picture ("exact": same bytes or same normalised pixels);
                      the best-ranked member represents the group. Only representatives go on to 3-5.
@@ -15,14 +16,15 @@ The pieces are pure DataFrame -> DataFrame functions, composed by `deduplicate`:
                      filters them. The result equals the all-pairs result (tests check it against
                      brute force). `choose_bands` picks m from N and D with a cost model; hot buckets
                      are salted so that one (band, value) key cannot stall a task.
-4. `verify`          a second, cheap check of every candidate pair: the 256-bit pHash (imagehash,
-                     hash_size 16) of the stored normalised pixels must be within `verify_distance`.
-                     Measured in docs/dedup.md: it removes the false merges that 64 bits make at scale.
+4. `verify`          a second, pixel-level check of every candidate pair on the stored normalised
+                     pixels (pipelines/similarity.py): the pair is a duplicate only when its similarity
+                     is >= `min_similarity`. pHash alone merges distinct thin, low-entropy images (digits,
+                     line art) that share hashes; the pixel test separates them (docs/dedup.md).
 5. `greedy_mis`      the keep rule: the greedy maximal independent set by rank of the similarity graph,
                      computed in rounds of DataFrame joins (proof in its docstring).
 
-Everything is Spark SQL expressions (`bit_count`, `^`, `shiftrightunsigned`), except the 256-bit
-hash of the few images that are in candidate pairs, which is a batch `mapInArrow`.
+Everything is Spark SQL expressions (`bit_count`, `^`, `shiftrightunsigned`), except the pixel
+signatures of the images that are in candidate pairs and the pair scores, which are batch `mapInArrow`s.
 
 `images` is read several times (slim projection, pixels of candidate nodes, the kept rows):
 callers should persist it if it is expensive to recompute.
@@ -41,30 +43,35 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from pipelines import similarity
 from schemas.images import DuplicateKind
+from schemas.pixels import decode_pixels
 
-HASH_BITS = 64          # imagehash pHash, hash_size 8
-VERIFY_HASH_BITS = 256  # imagehash pHash, hash_size 16, stored as 4 signed int64 words
+HASH_BITS = 64  # imagehash pHash, hash_size 8
+
+# Original formats whose files are lossy re-encodes (a PNG, TIFF, BMP or GIF holds its pixels exactly).
+# WebP may be either; its header does not say which cheaply, so it ranks as lossy.
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP", "JPEG2000")
 
 
 class VerifyMode(str, enum.Enum):
-    NONE = "none"          # trust the 64-bit pHash alone
-    PHASH256 = "phash256"  # also require the 256-bit pHash of the normalised pixels within verify_distance
+    NONE = "none"      # trust the 64-bit pHash alone (similarity is recorded as NaN)
+    PIXELS = "pixels"  # also require pixel similarity >= min_similarity (pipelines/similarity.py)
 
 
 @dataclasses.dataclass(frozen=True)
 class DedupConfig:
     # --near-dup-distance D: pHash (64-bit) Hamming distance at or below which two images are near
     # duplicates; 0 disables near-dup (exact only). Default from bench/dedup_threshold.py, see docs/dedup.md.
-    near_distance: int = 8
+    near_distance: int = similarity.DEFAULT_NEAR_DISTANCE
     # Multi-index hashing bands m; None = choose_bands(N, D) (cost model). The radius is always D // m.
     bands: int | None = None
     # A (band, value) bucket of more index rows than this is split into ceil(count / cap) salted
     # sub-buckets, each joined in its own task.
     hot_bucket_cap: int = 2000
-    verify: VerifyMode = VerifyMode.PHASH256
-    # Max Hamming distance (of 256 bits) between the 256-bit pHashes of a verified pair; measured.
-    verify_distance: int = 56
+    verify: VerifyMode = VerifyMode.PIXELS
+    # Min pixel similarity of a verified pair (pipelines/similarity.py, measured in docs/dedup.md).
+    min_similarity: float = similarity.DEFAULT_MIN_SIMILARITY
     # Rounds of the distributed greedy MIS before falling back to the driver.
     max_rounds: int = 40
     # The fallback finishes on the driver only if at most this many undecided edges remain, else it fails.
@@ -81,8 +88,8 @@ class DedupConfig:
             raise ValueError(f"bands must be in 1..{HASH_BITS} or None (auto), got {self.bands}")
         if self.hot_bucket_cap < 1 or self.max_rounds < 1:
             raise ValueError(f"hot_bucket_cap and max_rounds must be >= 1, got {self.hot_bucket_cap}, {self.max_rounds}")
-        if not 0 <= self.verify_distance <= VERIFY_HASH_BITS:
-            raise ValueError(f"verify_distance must be in 0..{VERIFY_HASH_BITS}, got {self.verify_distance}")
+        if not -1.0 <= self.min_similarity <= 1.0:
+            raise ValueError(f"min_similarity must be in -1.0..1.0, got {self.min_similarity}")
         if not isinstance(self.verify, VerifyMode):
             raise TypeError(f"verify must be a VerifyMode, got {self.verify!r}")
 
@@ -127,16 +134,6 @@ def masks_within(width: int, radius: int) -> list[int]:
     return out
 
 
-def phash_int64(image) -> int:
-    """The images/ `phash` of a PIL image: imagehash pHash (hash_size 8) of its grey version, the 64 bits
-    read as an unsigned big-endian integer and reinterpreted as a signed int64 (the schema's contract;
-    pipelines/decode.py computes the same)."""
-    import imagehash
-
-    bits = imagehash.phash(image.convert("RGB")).hash.reshape(-1)
-    return _signed64(int("".join("1" if b else "0" for b in bits), 2))
-
-
 # ----------------------------------------------------------------------------- Spark helpers
 def hamming(a: Column, b: Column) -> Column:
     """Hamming distance of two int64 columns, as int."""
@@ -161,7 +158,8 @@ def _partitions(spark: SparkSession, config: DedupConfig) -> int:
 
 
 # ----------------------------------------------------------------------------- 1. ranks
-RANK_ORDER = "earlier runs first, then larger orig_width*orig_height, then larger file_size, then source_uri ascending"
+RANK_ORDER = ("earlier runs first, then larger orig_width*orig_height, then lossless before lossy (orig_format), "
+              "then larger file_size, then source_uri ascending")
 
 
 def assign_ranks(images: DataFrame, previous: DataFrame | None) -> DataFrame:
@@ -170,7 +168,7 @@ def assign_ranks(images: DataFrame, previous: DataFrame | None) -> DataFrame:
     A distributed sort (range partitioning) followed by monotonically_increasing_id, which increases
     with the sort order across partitions: the ids are not dense but are ordered like the ranks.
     """
-    cols = ["source_uri", "sha256", "pixels_sha256", "phash", "orig_width", "orig_height", "file_size"]
+    cols = ["source_uri", "sha256", "pixels_sha256", "phash", "orig_width", "orig_height", "orig_format", "file_size"]
     missing = [c for c in cols if c not in images.columns]
     if missing:
         raise ValueError(f"images lacks columns {missing}; expected at least {cols}, found {images.columns}")
@@ -181,8 +179,10 @@ def assign_ranks(images: DataFrame, previous: DataFrame | None) -> DataFrame:
             raise ValueError(f"previous lacks columns {missing}; expected at least {cols}, found {previous.columns}")
         slim = slim.unionByName(previous.select(*cols, F.lit(True).alias("is_prev")))
     area = F.col("orig_width").cast("long") * F.col("orig_height").cast("long")
+    lossless = ~F.upper(F.col("orig_format")).isin(*LOSSY_FORMATS)
     ranked = (
-        slim.orderBy(F.col("is_prev").desc(), area.desc(), F.col("file_size").desc(), F.col("source_uri").asc(), F.col("sha256").asc())
+        slim.orderBy(F.col("is_prev").desc(), area.desc(), lossless.desc(), F.col("file_size").desc(),
+                     F.col("source_uri").asc(), F.col("sha256").asc())
         .withColumn("id", F.monotonically_increasing_id())
         .select("id", "source_uri", "sha256", "pixels_sha256", "phash", "is_prev")
     )
@@ -287,73 +287,53 @@ def candidate_pairs(hashes: DataFrame, distance: int, bands: int, radius: int, h
 
 
 # ----------------------------------------------------------------------------- 4. verification
-VERIFY_HASH_ARROW = pa.schema([("id", pa.int64())] + [(f"v{k}", pa.int64()) for k in range(VERIFY_HASH_BITS // 64)])
+SIGNATURE_SCHEMA = "id long, signature binary"
+SCORED_SCHEMA = "src long, dst long, distance int, similarity float"
 
 
-def decode_pixels(pixels: bytes, width: int, height: int, channels: int, encoding: str) -> np.ndarray:
-    """The stored normalised image as uint8 HWC (or HW for one channel)."""
-    if encoding == "raw":
-        arr = np.frombuffer(pixels, dtype=np.uint8)
-        if arr.size != width * height * channels:
-            raise ValueError(f"raw pixels hold {arr.size} bytes, expected height*width*channels = {height}*{width}*{channels}")
-        arr = arr.reshape(height, width, channels)
-    elif encoding == "png":
-        import io
-
-        from PIL import Image
-
-        arr = np.asarray(Image.open(io.BytesIO(pixels)))
-    else:
-        raise ValueError(f"pixel_encoding must be 'raw' or 'png', got {encoding!r}")
-    return arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
-
-
-def verify_hash_words(arr: np.ndarray) -> list[int]:
-    """256-bit pHash (imagehash, hash_size 16, of the grey image) as 4 signed int64 words, big-endian bits."""
-    import imagehash
-    from PIL import Image
-
-    bits = imagehash.phash(Image.fromarray(arr), hash_size=16).hash.reshape(-1)
-    words = np.packbits(bits.astype(np.uint8)).view(">u8").astype(np.uint64).view(np.int64)
-    return [int(w) for w in words]
-
-
-def _verify_hash_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _signature_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """(id, width, height, channels, pixel_encoding, pixels) -> (id, signature): the stored pixels, not the file."""
     for batch in batches:
-        cols = batch.to_pydict()
-        words = [
-            verify_hash_words(decode_pixels(p, w, h, c, e))
-            for p, w, h, c, e in zip(cols["pixels"], cols["width"], cols["height"], cols["channels"], cols["pixel_encoding"])
-        ]
-        data = {"id": cols["id"]}
-        for k in range(VERIFY_HASH_BITS // 64):
-            data[f"v{k}"] = [ws[k] for ws in words]
-        yield pa.RecordBatch.from_pydict(data, schema=VERIFY_HASH_ARROW)
+        c = batch.to_pydict()
+        images = [decode_pixels(p, h, w, ch, e) for p, w, h, ch, e in zip(c["pixels"], c["width"], c["height"], c["channels"], c["pixel_encoding"])]
+        yield pa.RecordBatch.from_pydict({"id": c["id"], "signature": similarity.signatures(images)},
+                                         schema=pa.schema([("id", pa.int64()), ("signature", pa.binary())]))
 
 
-def verify(edges: DataFrame, pixels: DataFrame, verify_distance: int) -> DataFrame:
-    """Keep the candidate edges whose 256-bit pHashes of the normalised pixels are within verify_distance.
+def _score_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """(src, dst, distance, sig_a, sig_b) -> (src, dst, distance, similarity), vectorised over the pairs of a batch."""
+    for batch in batches:
+        c = batch.to_pydict()
+        scores = similarity.similarities(c["sig_a"], c["sig_b"]) if c["src"] else np.zeros(0, np.float32)
+        yield pa.RecordBatch.from_pydict(
+            {"src": c["src"], "dst": c["dst"], "distance": c["distance"], "similarity": np.asarray(scores, np.float32)},
+            schema=pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("distance", pa.int32()), ("similarity", pa.float32())]),
+        )
 
-    edges: (src, dst, distance); pixels: (id, width, height, channels, pixel_encoding, pixels).
-    Only the images that appear in an edge are decoded (a batch mapInArrow). -> edges + verify_distance.
+
+def verify(edges: DataFrame, pixels: DataFrame, min_similarity: float) -> DataFrame:
+    """Keep the candidate edges whose stored normalised images are similar enough.
+
+    edges: (src, dst, distance); pixels: (id, width, height, channels, pixel_encoding, pixels) of at least
+    the edges' ends. Each end's signature is computed once (a batch mapInArrow over the stored pixels, no
+    decode of the original file), joined to both sides of its edges, and the pairs scored in batches.
+    -> (src, dst, distance, similarity) with similarity >= min_similarity.
     """
     ends = edges.select(F.col("src").alias("id")).unionByName(edges.select(F.col("dst").alias("id"))).distinct()
-    hashed = (
+    signed = (
         pixels.join(ends, "id", "left_semi")
         .select("id", "width", "height", "channels", "pixel_encoding", "pixels")
-        .mapInArrow(_verify_hash_batches, ", ".join(f"{f.name} long" for f in VERIFY_HASH_ARROW))
+        .mapInArrow(_signature_batches, SIGNATURE_SCHEMA)
     )
-    hashed = _checkpoint(hashed)
-    words = [f"v{k}" for k in range(VERIFY_HASH_BITS // 64)]
-    a = hashed.select(F.col("id").alias("src"), *[F.col(w).alias(f"a_{w}") for w in words])
-    b = hashed.select(F.col("id").alias("dst"), *[F.col(w).alias(f"b_{w}") for w in words])
-    vdist = reduce(lambda x, y: x + y, [hamming(F.col(f"a_{w}"), F.col(f"b_{w}")) for w in words])
-    return (
+    signed = _checkpoint(signed)
+    a = signed.select(F.col("id").alias("src"), F.col("signature").alias("sig_a"))
+    b = signed.select(F.col("id").alias("dst"), F.col("signature").alias("sig_b"))
+    scored = (
         edges.join(a, "src").join(b, "dst")
-        .withColumn("verify_distance", vdist)
-        .filter(F.col("verify_distance") <= verify_distance)
-        .select("src", "dst", "distance", "verify_distance")
+        .select("src", "dst", F.col("distance").cast("int").alias("distance"), "sig_a", "sig_b")
+        .mapInArrow(_score_batches, SCORED_SCHEMA)
     )
+    return scored.filter(F.col("similarity") >= F.lit(min_similarity))
 
 
 # ----------------------------------------------------------------------------- 5. keep rule
@@ -363,9 +343,9 @@ UNDECIDED, KEPT, DROPPED = 0, 1, 2
 def greedy_mis(nodes_ranked: DataFrame, edges: DataFrame, max_rounds: int = 40, fallback_max_edges: int = 2_000_000) -> DataFrame:
     """The greedy maximal independent set by rank, in rounds of joins.
 
-    nodes_ranked: (id) with id = rank, smaller is better; edges: (src, dst, distance), undirected, no
-    self loops. -> (id, kept bool, kept_by long|null, distance int|null): kept_by is the best-ranked
-    kept neighbour of a dropped node and `distance` the edge's distance.
+    nodes_ranked: (id) with id = rank, smaller is better; edges: (src, dst, distance, similarity), undirected,
+    no self loops. -> (id, kept bool, kept_by long|null, distance int|null, similarity float|null): kept_by is
+    the best-ranked kept neighbour of a dropped node, `distance` and `similarity` the signals of that edge.
 
     Round: every undecided node whose id is smaller than the ids of all its undecided neighbours is
     KEPT; every undecided neighbour of a node kept this round is DROPPED. Nodes with no edge are kept
@@ -386,6 +366,8 @@ def greedy_mis(nodes_ranked: DataFrame, edges: DataFrame, max_rounds: int = 40, 
     driver by the sequential greedy if at most fallback_max_edges edges remain, else it fails.
     """
     spark = nodes_ranked.sparkSession
+    if "similarity" not in edges.columns:  # unverified edges carry no pixel signal
+        edges = edges.withColumn("similarity", F.lit(float("nan")).cast("float"))
     both = edges.select("src", "dst").unionByName(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst")))
     live = _checkpoint(both)  # edges with both ends undecided, both directions
     undecided = _checkpoint(live.select(F.col("src").alias("id")).distinct())
@@ -420,10 +402,11 @@ def greedy_mis(nodes_ranked: DataFrame, edges: DataFrame, max_rounds: int = 40, 
     # The best-ranked kept neighbour of each dropped node (the sequential greedy's dropper).
     w = Window.partitionBy("src").orderBy("dst")
     droppers = (
-        edges.select("src", "dst", "distance").unionByName(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "distance"))
+        edges.select("src", "dst", "distance", "similarity")
+        .unionByName(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "distance", "similarity"))
         .join(kept_ids, "dst", "left_semi")
         .withColumn("k", F.row_number().over(w)).filter(F.col("k") == 1)
-        .select(F.col("src").alias("id"), F.col("dst").alias("kept_by"), "distance")
+        .select(F.col("src").alias("id"), F.col("dst").alias("kept_by"), "distance", "similarity")
     )
     out = all_status.join(droppers, "id", "left")
     out = out.select(
@@ -431,6 +414,7 @@ def greedy_mis(nodes_ranked: DataFrame, edges: DataFrame, max_rounds: int = 40, 
         (F.col("status") == KEPT).alias("kept"),
         F.when(F.col("status") == DROPPED, F.col("kept_by")).alias("kept_by"),
         F.when(F.col("status") == DROPPED, F.col("distance")).cast("int").alias("distance"),
+        F.when(F.col("status") == DROPPED, F.col("similarity")).cast("float").alias("similarity"),
     )
     return _checkpoint(out)
 
@@ -457,26 +441,26 @@ def _finish_on_driver(spark: SparkSession, undecided: DataFrame, live: DataFrame
 
 
 # ----------------------------------------------------------------------------- the stage
-DUPLICATES_COLUMNS = ["source_uri", "kept_source_uri", "kind", "distance"]
+DUPLICATES_COLUMNS = ["source_uri", "kept_source_uri", "kind", "distance", "similarity"]
 
 
 def deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | None, config: DedupConfig) -> tuple[DataFrame, DataFrame]:
     """Drop exact and near duplicates from `images`.
 
     images: this run's valid images, with at least the IMAGES_ARROW columns source_uri, sha256,
-      pixels_sha256, phash, orig_width, orig_height, file_size, width, height, channels,
+      pixels_sha256, phash, orig_width, orig_height, orig_format, file_size, width, height, channels,
       pixel_encoding, pixels; source_uri must be unique.
     previous: images kept by earlier runs (same columns) or None. They are never dropped; they only
       absorb new duplicates (they rank before every new image).
     -> (kept, duplicates): kept = the rows of `images` to write (same columns); duplicates =
-      (source_uri, kept_source_uri, kind, distance), one row per dropped row of `images`, where
+      (source_uri, kept_source_uri, kind, distance, similarity), one row per dropped row of `images`, where
       kept_source_uri is always a kept image (of this run or an earlier one). Every row of `images`
       is in exactly one of the two.
 
     Keep rule (docs/dedup.md): exact groups (same bytes or same normalised pixels) are one node,
     represented by their best-ranked member; over these nodes, the similarity graph has an edge
-    where the 64-bit pHash distance is <= D (and, with verification, the 256-bit pHash distance
-    <= verify_distance). The kept nodes are the greedy maximal independent set by rank: no two kept
+    where the 64-bit pHash distance is <= D and (with verification) the pixel similarity of the stored
+    normalised images is >= min_similarity. The kept nodes are the greedy maximal independent set by rank: no two kept
     images are adjacent, every dropped representative is adjacent to a kept one. Members of a group
     whose representative is kept are `exact` duplicates of it (distance 0); members of a group whose
     representative is dropped point at the same kept image as their representative, kind `near`,
@@ -506,7 +490,7 @@ def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | N
         edges = candidate_pairs(nodes, config.near_distance, bands, config.near_distance // bands,
                                 config.hot_bucket_cap, config.broadcast_max_rows)
         edges = _checkpoint(edges)
-        if config.verify is VerifyMode.PHASH256:
+        if config.verify is VerifyMode.PIXELS:
             # Only the images in a candidate pair are decoded: filter the pixel rows by a (usually small,
             # broadcast) table of their URIs instead of shuffling every image's pixels into a join.
             ends = edges.select(F.col("src").alias("id")).unionByName(edges.select(F.col("dst").alias("id"))).distinct()
@@ -517,14 +501,17 @@ def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | N
             if previous is not None:
                 px = px.unionByName(previous.select(*cols))
             px = px.join(ends_b, "source_uri")
-            edges = _checkpoint(verify(edges, px, config.verify_distance).select("src", "dst", "distance"))
+            edges = _checkpoint(verify(edges, px, config.min_similarity))
+        else:
+            edges = edges.withColumn("similarity", F.lit(float("nan")).cast("float"))
         decisions = greedy_mis(nodes.select("id"), edges, config.max_rounds, config.fallback_max_edges)
     else:
-        decisions = nodes.select("id", F.lit(True).alias("kept"), F.lit(None).cast("long").alias("kept_by"), F.lit(None).cast("int").alias("distance"))
+        decisions = nodes.select("id", F.lit(True).alias("kept"), F.lit(None).cast("long").alias("kept_by"),
+                                 F.lit(None).cast("int").alias("distance"), F.lit(None).cast("float").alias("similarity"))
 
     # Where each new image ends up: its group's representative's fate.
     rep = decisions.select(F.col("id").alias("grp"), F.col("kept").alias("grp_kept"), F.col("kept_by").alias("grp_kept_by"),
-                           F.col("distance").alias("grp_distance"))
+                           F.col("similarity").alias("grp_similarity"))
     target = grouped.filter(~F.col("is_prev")).join(rep, "grp", "left")
     # Every group holding a new image has a node (its representative), hence a decision.
     is_rep = F.col("id") == F.col("grp")
@@ -537,6 +524,9 @@ def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | N
         F.when(is_rep, F.lit(DuplicateKind.NEAR.value))
          .when(F.col("grp_kept"), F.lit(DuplicateKind.EXACT.value))
          .otherwise(F.lit(DuplicateKind.NEAR.value)).alias("kind"),
+        # An exact duplicate has its kept image's pixels (1.0); a member of a dropped group has its
+        # representative's pixels, hence the representative's similarity to the kept image.
+        F.when(F.col("grp_kept"), F.lit(1.0)).otherwise(F.col("grp_similarity")).cast("float").alias("similarity"),
     )
     fate = _checkpoint(fate)
     keepers = grouped.select(F.col("id").alias("kept_by"), F.col("source_uri").alias("kept_source_uri"), F.col("phash").alias("kept_phash"))
@@ -546,6 +536,7 @@ def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | N
         .select(
             *DUPLICATES_COLUMNS[:3],
             F.when(F.col("kind") == DuplicateKind.EXACT.value, F.lit(0)).otherwise(hamming(F.col("phash"), F.col("kept_phash"))).cast("int").alias("distance"),
+            "similarity",
         )
     )
     dups = _checkpoint(dups)

@@ -1,6 +1,10 @@
-"""Driver-side filesystem operations for any URI: plain local paths through os/shutil, anything with a
-scheme (file:, hdfs:, s3a:, ...) through Hadoop's FileSystem API in Spark's JVM, so the job works
-wherever the cluster's Hadoop configuration does."""
+"""Driver-side filesystem operations for any URI: local files (plain paths and file: URIs) through
+os/shutil, every other scheme (hdfs:, s3a:, ...) through Hadoop's FileSystem API in Spark's JVM, so the
+job works wherever the cluster's Hadoop configuration does.
+
+Local files never go through Hadoop's Path: it percent-encodes some names (a space, ``%``, ``#``) in
+some of its spellings, and refuses others (a ``:`` in a relative name). A local file's URI is spelled
+by schemas/uri.py (``file:`` + absolute path, never percent-encoded), the one rule from listing to output."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,15 +14,17 @@ import uuid
 
 from pyspark.sql import SparkSession
 
+from schemas.uri import has_scheme, is_local, path_to_uri, uri_to_path
 
-def has_scheme(uri: str) -> bool:
-    head = uri.split("/", 1)[0]
-    return ":" in head and len(head.split(":", 1)[0]) > 1  # "C:" style drive letters are not schemes
+__all__ = ["Entry", "FileSystem", "has_scheme", "is_local", "local_path", "os_path"]
+
+# The OS path of a local file given as a file: URI (file:/x, file:///x) or a plain path (schemas/uri.py).
+local_path = uri_to_path
 
 
-def local_path(uri: str) -> str:
-    """The OS path of a local file given as a file: URI (file:/x, file:///x) or a plain path."""
-    return "/" + uri[len("file:"):].lstrip("/") if uri.startswith("file:") else uri
+def os_path(uri: str) -> str | None:
+    """The OS path of a local URI (plain path or file: URI); None for any other scheme."""
+    return uri_to_path(uri) if is_local(uri) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,34 +47,42 @@ class FileSystem:
         return path, path.getFileSystem(self.spark._jsc.hadoopConfiguration())
 
     def qualify(self, uri: str) -> str:
-        """The fully qualified URI Spark reports for this path (e.g. /data/x -> file:/data/x)."""
-        if not has_scheme(uri):
-            uri = os.path.abspath(uri)
+        """The fully qualified URI of this path: local files by schemas.uri (/data/x, file:///data/x ->
+        file:/data/x), other schemes as Hadoop qualifies them (what Spark reports for them)."""
+        local = os_path(uri)
+        if local is not None:
+            return path_to_uri(local)
         path, fs = self._hpath(uri)
         return fs.makeQualified(path).toString()
 
     def exists(self, uri: str) -> bool:
-        if not has_scheme(uri):
-            return os.path.exists(uri)
+        local = os_path(uri)
+        if local is not None:
+            return os.path.exists(local)
         path, fs = self._hpath(uri)
         return bool(fs.exists(path))
 
     def is_dir(self, uri: str) -> bool:
-        if not has_scheme(uri):
-            return os.path.isdir(uri)
+        local = os_path(uri)
+        if local is not None:
+            return os.path.isdir(local)
         path, fs = self._hpath(uri)
         return bool(fs.exists(path) and fs.getFileStatus(path).isDirectory())
 
     def list(self, uri: str) -> list[Entry]:
         """Direct children, qualified URIs, sorted."""
-        if not has_scheme(uri):
-            base = os.path.abspath(uri)
-            prefix = self.qualify(base).rstrip("/")  # one JVM call; children are prefix/name
+        local = os_path(uri)
+        if local is not None:
+            base = os.path.abspath(local)
             out = []
             with os.scandir(base) as it:
                 for d in it:
                     is_dir = d.is_dir()
-                    out.append(Entry(f"{prefix}/{d.name}", is_dir, 0 if is_dir else d.stat().st_size))
+                    try:
+                        length = 0 if is_dir else d.stat().st_size
+                    except OSError:  # a dangling symlink: listed (the job reports it), no length
+                        length = 0
+                    out.append(Entry(path_to_uri(os.path.join(base, d.name)), is_dir, length))
             return sorted(out, key=lambda e: e.uri)
         path, fs = self._hpath(uri)
         return sorted(
@@ -77,18 +91,20 @@ class FileSystem:
         )
 
     def mkdirs(self, uri: str) -> None:
-        if not has_scheme(uri):
-            os.makedirs(uri, exist_ok=True)
+        local = os_path(uri)
+        if local is not None:
+            os.makedirs(local, exist_ok=True)
             return
         path, fs = self._hpath(uri)
         fs.mkdirs(path)
 
     def delete(self, uri: str) -> None:
-        if not has_scheme(uri):
-            if os.path.isdir(uri):
-                shutil.rmtree(uri)
-            elif os.path.exists(uri):
-                os.remove(uri)
+        local = os_path(uri)
+        if local is not None:
+            if os.path.isdir(local) and not os.path.islink(local):
+                shutil.rmtree(local)
+            elif os.path.lexists(local):
+                os.remove(local)
             return
         path, fs = self._hpath(uri)
         fs.delete(path, True)
@@ -99,8 +115,8 @@ class FileSystem:
             raise FileExistsError(f"cannot move {src} to {dst}: the destination exists")
         parent = dst.rstrip("/").rsplit("/", 1)[0]
         self.mkdirs(parent)
-        if not has_scheme(src):
-            os.rename(src, dst)
+        if os_path(src) is not None and os_path(dst) is not None:
+            os.rename(os_path(src), os_path(dst))
             return
         s, fs = self._hpath(src)
         d, _ = self._hpath(dst)
@@ -110,12 +126,12 @@ class FileSystem:
     def write_text_atomic(self, uri: str, text: str) -> None:
         """Write to a temporary sibling, then rename over: readers see the old file or the whole new one."""
         tmp = f"{uri}.tmp-{uuid.uuid4().hex[:8]}"
-        if not has_scheme(uri):
-            with open(tmp, "w") as f:
+        if os_path(uri) is not None:
+            with open(os_path(tmp), "w") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, uri)
+            os.replace(os_path(tmp), os_path(uri))
             return
         path, fs = self._hpath(tmp)
         stream = fs.create(path, True)
@@ -130,7 +146,8 @@ class FileSystem:
             raise OSError(f"Hadoop FileSystem.rename({tmp}, {uri}) returned false")
 
     def read_text(self, uri: str) -> str:
-        if not has_scheme(uri):
-            with open(uri) as f:
+        local = os_path(uri)
+        if local is not None:
+            with open(local) as f:
                 return f.read()
         return "\n".join(r.value for r in self.spark.read.text(uri, wholetext=True).collect())

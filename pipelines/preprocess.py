@@ -1,17 +1,16 @@
 """The preprocessing job as one function: `run_preprocess(spark, inputs, out, cfg)`.
 
-Stages (each a DataFrame -> DataFrame step; the numbers match the comments in run_preprocess):
-  1. classify inputs, build the label resolver            (driver)
-  2. sources: every input kind -> one DataFrame            (pipelines/sources.py)
-     2b. --incremental: drop inputs an earlier run has seen (by source_uri); nothing new -> no write
-  3. decode: mapInArrow over Arrow batches -> ONE staged table with kind = image | reject,
-     written once to OUT/_staging/<run>/decoded (nothing is decoded twice)
-  4. split the staged table into valid images and rejects
-  5. dedup: (kept, duplicates) = deduplicate(images, earlier runs' images)   (pipelines/dedup.py)
-  6. stats over the kept images: classes, label counts, channel sums (Spark aggregates, no pixel re-read)
-  7. write images/ (with label_index), rejects/ (and duplicates/) under the staging directory
-  8. conservation: inputs == written + rejected + duplicates, from the written data; mismatch fails
-  9. commit: move the run's partitions into OUT, write manifest.json last (temp + rename)
+Its stages are named functions, called in this order by `_run`:
+  list_inputs         classify inputs, label resolver, every input kind -> one DataFrame (pipelines/sources.py)
+  skip_seen           --incremental: drop inputs an earlier run has seen (by source_uri); nothing new -> no write
+  decode              mapInArrow over Arrow batches -> ONE staged table with kind = image | reject, written
+                      once to OUT/_staging/<run>/decoded (nothing is decoded twice)
+  check_outcome       no silent failure: every input rejected -> fail naming the top reason and its flag
+  dedup               (kept, duplicates) = deduplicate(images, earlier runs' images)   (pipelines/dedup.py)
+  compute_stats       classes, label counts, stored channels, channel sums (Spark aggregates, no pixel re-read)
+  write_tables        images/ (with label_index), rejects/ (and duplicates/) under the staging directory
+  check_conservation  inputs == written + rejected + duplicates, from the written data; mismatch fails
+  commit              move the run's partitions into OUT; run_preprocess writes manifest.json last
 A failure at any point removes the staging directory and leaves no manifest.json.
 """
 from __future__ import annotations
@@ -25,18 +24,19 @@ import json
 import math
 import platform
 import sys
+import contextlib
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from pipelines.config import LabelMode, PreprocessConfig
+from pipelines.config import ChannelMode, LabelMode, PreprocessConfig
 from pipelines.dedup import DedupConfig, deduplicate
-from pipelines.decode import KIND_IMAGE, KIND_REJECT, STAGED_ARROW, decode_partition
+from pipelines.decode import KIND_IMAGE, KIND_REJECT, STAGED_ARROW, decode_partition, reduce_to_grey
 from pipelines.fs import FileSystem
 from pipelines.labels import LabelResolver, parse_sidecar
 from pipelines.sources import InputSpec, classify, load_sources
@@ -53,6 +53,10 @@ class DatasetExistsError(RuntimeError):
 
 class ConservationError(RuntimeError):
     pass
+
+
+class NothingWrittenError(RuntimeError):
+    """A run that would write a dataset nobody can use (no image, or no label where labels were asked for)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,16 +156,32 @@ def _label_resolver(spark: SparkSession, cfg: PreprocessConfig) -> LabelResolver
     return LabelResolver(LabelMode.SIDECAR, parse_sidecar(text, cfg.labels_path))
 
 
-def _configure_arrow(spark: SparkSession, cfg: PreprocessConfig, partitions: int) -> None:
-    # Rows AND bytes bound each Arrow batch: 10k large images never form a 2 GB batch.
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_rows))
-    spark.conf.set("spark.sql.execution.arrow.maxBytesPerBatch", str(cfg.arrow_batch_bytes))
-    # binaryFile splits: about `partitions` splits, sized by bytes. Spark charges every file an "open cost"
-    # (default 4 MB) when packing splits, which for 64 KB images means ~31 images per task; each Python
-    # task costs ~0.15 s of fixed CPU in the worker (PySpark re-reads its zip imports and runs
-    # gc.collect between tasks), more than decoding 31 images. So the open cost is set near an image's size.
-    spark.conf.set("spark.sql.files.minPartitionNum", str(partitions))
-    spark.conf.set("spark.sql.files.openCostInBytes", str(OPEN_COST_BYTES))
+@contextlib.contextmanager
+def _arrow_conf(spark: SparkSession, cfg: PreprocessConfig, partitions: int) -> Iterator[None]:
+    """The decode stage's Arrow batch and file-split settings, set on the session for the stage only: the
+    caller's values (a notebook's, a test's) are restored afterwards, and unset keys unset again."""
+    settings = {
+        # Rows AND bytes bound each Arrow batch: 10k large images never form a 2 GB batch.
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_rows),
+        "spark.sql.execution.arrow.maxBytesPerBatch": str(cfg.arrow_batch_bytes),
+        # binaryFile splits: about `partitions` splits, sized by bytes. Spark charges every file an "open cost"
+        # (default 4 MB) when packing splits, which for 64 KB images means ~31 images per task; each Python
+        # task costs ~0.15 s of fixed CPU in the worker (PySpark re-reads its zip imports and runs
+        # gc.collect between tasks), more than decoding 31 images. So the open cost is set near an image's size.
+        "spark.sql.files.minPartitionNum": str(partitions),
+        "spark.sql.files.openCostInBytes": str(OPEN_COST_BYTES),
+    }
+    before = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
 
 
 def _non_null(df: DataFrame, arrow_schema) -> DataFrame:
@@ -192,8 +212,8 @@ def plan_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepr
     """--dry-run: classify and count the inputs (a listing, no decode), write nothing."""
     specs = [classify(spark, u) for u in inputs]
     partitions = cfg.partitions or 3 * spark.sparkContext.defaultParallelism
-    _configure_arrow(spark, cfg, partitions)
-    count = load_sources(spark, specs, cfg, partitions).input_count
+    with _arrow_conf(spark, cfg, partitions):
+        count = load_sources(spark, specs, cfg, partitions).input_count
     return Plan([{"uri": s.uri, "kind": s.kind.value} for s in specs], count, partitions, cfg.to_dict(), out)
 
 
@@ -202,6 +222,7 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
     """Preprocess `inputs` into the dataset at `out`. Raises on failure, leaving no manifest."""
     if not inputs:
         raise ValueError("expected at least one INPUT")
+    cfg.check_job()
     t_start = time.monotonic()
     fs = FileSystem(spark)
     layout = DatasetLayout(out)
@@ -220,7 +241,8 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
     timings: dict[str, float] = {}
     try:
         with Progress(spark, cfg.progress_interval_s) as progress:
-            result = _run(spark, inputs, out, cfg, run_id, staging, layout, fs, timings, progress, prior)
+            job = _Job(spark, cfg, out, run_id, staging, layout, fs, prior, log)
+            result = _run(job, inputs, timings, progress)
         timings["total"] = round(time.monotonic() - t_start, 3)
         if result is not None:
             manifest = dataclasses.replace(result, timings=timings)
@@ -291,168 +313,287 @@ def _remove_if_empty(fs: FileSystem, uri: str) -> None:
         pass
 
 
-def _run(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig, run_id: str, staging: str,
-         layout: DatasetLayout, fs: FileSystem, timings: dict[str, float], progress: Progress,
-         prior: Manifest | None = None) -> Manifest | None:
-    # 1. inputs and labels
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What every stage of one run reads: set once in run_preprocess, never changed."""
+
+    spark: SparkSession
+    cfg: PreprocessConfig
+    out: str
+    run_id: str
+    staging: str                  # OUT/_staging/<run>: everything this run writes before the commit
+    layout: DatasetLayout
+    fs: FileSystem
+    prior: Manifest | None        # the dataset's manifest when this run is --incremental
+    log: Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    specs: list[InputSpec]
+    resolver: LabelResolver | None
+    sources: DataFrame            # SOURCE_ARROW rows, one per input
+    count: int                    # inputs, counted from the listing (not from `sources`' rows)
+    tar_sidecars: int
+    partitions: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stats:
+    classes: list[str]
+    label_counts: dict[str, int]
+    unlabeled: int
+    channels: int
+    totals: dict[str, int]        # exact integer channel sums behind pixel_mean/std
+    label_report: dict[str, Any]
+    fingerprint: str
+
+
+def _run(job: _Job, inputs: list[str], timings: dict[str, float], progress: Progress) -> Manifest | None:
     with _timed(timings, "list_inputs", progress):
-        specs = [classify(spark, u) for u in inputs]
-        resolver = _label_resolver(spark, cfg)
-        partitions = cfg.partitions or 3 * spark.sparkContext.defaultParallelism
-        _configure_arrow(spark, cfg, partitions)
-        exclude = (fs.qualify(cfg.labels_path),) if cfg.labels == LabelMode.SIDECAR else ()
-        # 2. sources
-        loaded = load_sources(spark, specs, cfg, partitions, exclude=exclude)
-        sources, input_count, tar_sidecars = loaded.df, loaded.input_count, loaded.tar_sidecars
-
-    # 2b. incremental: only inputs no earlier run has seen (by source URI). New URIs holding bytes an
-    # earlier run kept become exact duplicates in step 5, where earlier images are the `previous` index.
-    previous = None
-    if prior is not None:
+        src = list_inputs(job, inputs)
+    if job.prior is not None:
         with _timed(timings, "skip_seen", progress):
-            # No broadcast hint: the seen set grows with the dataset; AQE broadcasts it while it is small.
-            sources = sources.join(_seen_uris(spark, layout, fs), "source_uri", "left_anti")
-            input_count = sources.count()
-        if input_count == 0:
+            src = skip_seen(job, src)
+        if src.count == 0:
             return None
-        previous = spark.read.schema(images_spark()).parquet(layout.images)
-
-    # 3. decode once, persist the one staged table
-    staged_path = f"{staging}/decoded"
     with _timed(timings, "decode", progress):
-        fn = functools.partial(decode_partition, cfg=cfg, run_id=run_id, labels=resolver)
+        staged = decode(job, src)
+        check_outcome(job, staged)
+    images = staged.where(F.col("kind") == KIND_IMAGE)
+    rejects = staged.where(F.col("kind") == KIND_REJECT)
+    kept, duplicates = images, None
+    if job.cfg.dedup:
+        with _timed(timings, "dedup", progress):
+            kept, duplicates = dedup(job, images, src.partitions)
+    with _timed(timings, "stats", progress):
+        stats = compute_stats(job, src, staged, kept)
+    with _timed(timings, "write", progress):
+        write_tables(job, stats, kept, rejects, duplicates)
+    with _timed(timings, "verify", progress):
+        counts = check_conservation(job, src, staged, stats, with_duplicates=duplicates is not None)
+    with _timed(timings, "commit", progress):
+        commit(job)
+    return build_manifest(job, inputs, src, stats, counts, timings)
+
+
+# ----------------------------------------------------------------------------- stages
+def list_inputs(job: _Job, inputs: list[str]) -> _Inputs:
+    """Classify the inputs, build the label resolver and one DataFrame of source rows."""
+    spark, cfg = job.spark, job.cfg
+    specs = [classify(spark, u) for u in inputs]
+    resolver = _label_resolver(spark, cfg)
+    partitions = cfg.partitions or 3 * spark.sparkContext.defaultParallelism
+    exclude = (job.fs.qualify(cfg.labels_path),) if cfg.labels == LabelMode.SIDECAR else ()
+    loaded = load_sources(spark, specs, cfg, partitions, exclude=exclude)
+    return _Inputs(specs, resolver, loaded.df, loaded.input_count, loaded.tar_sidecars, partitions)
+
+
+def skip_seen(job: _Job, src: _Inputs) -> _Inputs:
+    """--incremental: only inputs no earlier run has seen (by source URI). New URIs holding bytes an earlier
+    run kept become exact duplicates in `dedup`, where earlier images are the `previous` index."""
+    # No broadcast hint: the seen set grows with the dataset; AQE broadcasts it while it is small.
+    sources = src.sources.join(_seen_uris(job.spark, job.layout, job.fs), "source_uri", "left_anti")
+    return dataclasses.replace(src, sources=sources, count=sources.count())
+
+
+def decode(job: _Job, src: _Inputs) -> DataFrame:
+    """Decode every input once (mapInArrow) into ONE staged table of image and reject rows, persisted under
+    staging: every later stage reads it, nothing is decoded twice."""
+    staged_path = f"{job.staging}/decoded"
+    fn = functools.partial(decode_partition, cfg=job.cfg, run_id=job.run_id, labels=src.resolver)
+    with _arrow_conf(job.spark, job.cfg, src.partitions):
         # The staged table is temporary (deleted at commit) and mostly raw pixels, which snappy shrinks by ~3%
         # (measured: 25.2 vs 24.4 MB for 2000 images at 64 px) while costing the JVM ~0.1-0.15 ms/image to
         # compress here and again to decompress in the stages that re-read it: so it is stored uncompressed.
-        staged_writer = sources.mapInArrow(fn, from_arrow_schema(STAGED_ARROW)).write.mode("error")
-        staged_writer.option("compression", "none").parquet(staged_path)
-    staged = spark.read.parquet(staged_path)
+        (src.sources.mapInArrow(fn, from_arrow_schema(STAGED_ARROW)).write.mode("error")
+         .option("compression", "none").parquet(staged_path))
+    return job.spark.read.parquet(staged_path)
 
-    # 4. split
-    images = staged.where(F.col("kind") == KIND_IMAGE)
-    rejects = staged.where(F.col("kind") == KIND_REJECT)
 
-    # 5. dedup: exact (bytes or pixels) and near (pHash) duplicates, within this run and against earlier runs
-    duplicates = None
-    kept = images
-    if cfg.dedup:
-        with _timed(timings, "dedup", progress):
-            dedup_cfg = DedupConfig(near_distance=cfg.near_dup_distance, verify_distance=cfg.verify_distance, partitions=partitions)
-            # Only the dropped rows are used: they are persisted like the decode output, and `kept` is derived
-            # from them, because deduplicate's own lazy `kept` would re-run the whole dedup plan on every use
-            # (stats, then write) and the two uses must agree.
-            _, dups = deduplicate(spark, images, previous, dedup_cfg)
-            dups.withColumn("run_id", F.lit(run_id)).write.mode("error").parquet(f"{staging}/dedup_dropped")
-            duplicates = spark.read.parquet(f"{staging}/dedup_dropped")
-            kept = images.join(duplicates.select("source_uri"), "source_uri", "left_anti")
+def check_outcome(job: _Job, staged: DataFrame) -> None:
+    """No silent failure: a fresh run where every input was rejected fails with the top reason and the flag
+    that changes it; a run rejecting more than half of its inputs warns the same way."""
+    rows = staged.groupBy("kind", "reason").count().collect()
+    total = sum(int(r["count"]) for r in rows)
+    valid = sum(int(r["count"]) for r in rows if r["kind"] == KIND_IMAGE)
+    reasons = sorted(((int(r["count"]), r["reason"]) for r in rows if r["kind"] == KIND_REJECT), reverse=True)
+    if not reasons or valid * 2 >= total:
+        return
+    n, reason = reasons[0]
+    message = (f"{total - valid} of {total} inputs rejected, most as {reason} ({n}); {reject_hint(job.cfg, reason)} "
+               f"(the rejects/ rows say why for each file)")
+    if valid == 0 and job.prior is None:
+        raise NothingWrittenError(f"no image was written: {message}")
+    # An incremental run commits its rejects even when nothing is valid, so a nightly run does not retry
+    # the same broken files forever.
+    job.log(f"imagegen preprocess: warning: {message}")
 
-    # 6. stats over the kept images: one aggregation, no pixel re-read
-    with _timed(timings, "stats", progress):
-        sums = ["sum_r", "sum_g", "sum_b", "sumsq_r", "sumsq_g", "sumsq_b", "n_pixels"]
-        by_label = kept.groupBy("label").agg(F.count(F.lit(1)).alias("n"), *[F.sum(c).alias(c) for c in sums]).collect()
-        new_classes = sorted(r["label"] for r in by_label if r["label"] is not None)
-        # Earlier runs' label_index values stay valid: new classes are appended after the known ones.
-        known = prior.classes if prior is not None else []
-        classes = known + [c for c in new_classes if c not in known]
-        label_counts = {r["label"]: int(r["n"]) for r in by_label if r["label"] is not None}
-        unlabeled = sum(int(r["n"]) for r in by_label if r["label"] is None) if cfg.labels != LabelMode.NONE else 0
-        totals = {c: sum(int(r[c] or 0) for r in by_label) for c in sums}
-        pixel_mean, pixel_std = _mean_std(totals)
-        label_report = _label_report(cfg, resolver, kept, staged, unlabeled)
-        fingerprint = input_fingerprint(staged, specs)
 
-    # 7. write under staging
-    with _timed(timings, "write", progress):
-        index = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(i))]) if classes else None
-        labelled = kept.withColumn("label_index", index[F.col("label")] if index is not None else F.lit(None).cast("int"))
-        _non_null(labelled, IMAGES_ARROW).write.partitionBy("run_id").parquet(f"{staging}/images")
-        _non_null(rejects, REJECTS_ARROW).write.partitionBy("run_id").parquet(f"{staging}/rejects")
-        if duplicates is not None:
-            _non_null(duplicates, DUPLICATES_ARROW).write.partitionBy("run_id").parquet(f"{staging}/duplicates")
-
-    # 8. conservation, from what was written
-    with _timed(timings, "verify", progress):
-        # explicit schemas: a kind with no rows is written as no files, which Spark cannot infer a schema from
-        written = spark.read.schema(images_spark()).parquet(f"{staging}/images").count()
-        reject_rows = spark.read.schema(rejects_spark()).parquet(f"{staging}/rejects").groupBy("reason").count().collect()
-        rejected = {r.value: 0 for r in RejectReason}
-        rejected.update({r["reason"]: int(r["count"]) for r in reject_rows})
-        dup_counts = {"exact": 0, "near": 0}
-        if duplicates is not None:
-            for r in spark.read.schema(duplicates_spark()).parquet(f"{staging}/duplicates").groupBy("kind").count().collect():
-                dup_counts[r["kind"]] = int(r["count"])
-        staged_rows = staged.count()
-        accounted = written + sum(rejected.values()) + sum(dup_counts.values())
-        if not (input_count == staged_rows == accounted):
-            raise ConservationError(
-                f"conservation failed: inputs={input_count}, decoded rows={staged_rows}, "
-                f"written={written} + rejected={sum(rejected.values())} + duplicates={sum(dup_counts.values())} = {accounted}"
-            )
-
-    # 9. commit the partitions (manifest.json is written by the caller, last)
-    with _timed(timings, "commit", progress):
-        if cfg.overwrite and fs.exists(layout.manifest):
-            # The old dataset stops looking complete before anything moves; its partitions stay until the
-            # new manifest is written (run_preprocess), so a failure from here on loses no data.
-            fs.delete(layout.manifest)
-        for name, target in (("images", layout.images), ("rejects", layout.rejects), ("duplicates", layout.duplicates)):
-            src = f"{staging}/{name}/run_id={run_id}"
-            if fs.exists(src):
-                fs.rename(src, f"{target}/run_id={run_id}")
-            elif name != "duplicates":
-                # a run with no rows of a kind still gets its (empty) partition directory
-                fs.mkdirs(f"{target}/run_id={run_id}")
-
-    counts = {
-        "inputs": input_count,
-        "written": written,
-        "rejected": rejected,
-        "duplicates": dup_counts,
-        "unlabeled": unlabeled,
-        "tar_sidecars_skipped": tar_sidecars,
+def reject_hint(cfg: PreprocessConfig, reason: str) -> str:
+    """The setting that decides a reject reason, with its current value."""
+    hints = {
+        RejectReason.TOO_SMALL.value: f"images with a short side below --min-size {cfg.min_size} px are rejected; lower --min-size",
+        RejectReason.TOO_LARGE.value: f"the limits are --max-pixels {cfg.max_pixels} and max_file_bytes {cfg.max_file_bytes}",
+        RejectReason.BAD_ASPECT.value: f"images longer than --max-aspect {cfg.max_aspect} times their width are rejected; raise --max-aspect",
+        RejectReason.BLANK.value: f"images whose grey std is below --min-std {cfg.min_std} are rejected as blank; lower --min-std",
+        RejectReason.NOT_AN_IMAGE.value: "the inputs are not image files; check the INPUT paths",
+        RejectReason.EMPTY_FILE.value: "the inputs are 0-byte files; check the INPUT paths",
+        RejectReason.READ_ERROR.value: "the files could not be read; check permissions and the INPUT paths",
     }
-    run = {"run_id": run_id, "inputs": list(inputs), "counts": counts}
-    runs = [run]
-    if prior is not None:  # the manifest describes the whole dataset: earlier runs plus this one
+    return hints.get(reason, "no setting accepts these files; repair or remove them")
+
+
+def dedup(job: _Job, images: DataFrame, partitions: int) -> tuple[DataFrame, DataFrame]:
+    """(kept, duplicates): exact (bytes or pixels) and near (pHash + pixel test) duplicates, within this run
+    and against earlier runs' images."""
+    cfg = job.cfg
+    previous = job.spark.read.schema(images_spark()).parquet(job.layout.images) if job.prior is not None else None
+    dedup_cfg = DedupConfig(near_distance=cfg.near_dup_distance, partitions=partitions,
+                            **({"min_similarity": cfg.min_similarity} if cfg.min_similarity is not None else {}))
+    # Only the dropped rows are used: they are persisted like the decode output, and `kept` is derived
+    # from them, because deduplicate's own lazy `kept` would re-run the whole dedup plan on every use
+    # (stats, then write) and the two uses must agree.
+    _, dups = deduplicate(job.spark, images, previous, dedup_cfg)
+    dups.withColumn("run_id", F.lit(job.run_id)).write.mode("error").parquet(f"{job.staging}/dedup_dropped")
+    duplicates = job.spark.read.parquet(f"{job.staging}/dedup_dropped")
+    return images.join(duplicates.select("source_uri"), "source_uri", "left_anti"), duplicates
+
+
+def compute_stats(job: _Job, src: _Inputs, staged: DataFrame, kept: DataFrame) -> _Stats:
+    """Classes, label counts, the stored channel count and the channel sums: one aggregation, no pixel re-read."""
+    cfg, prior = job.cfg, job.prior
+    sums = ["sum_r", "sum_g", "sum_b", "sumsq_r", "sumsq_g", "sumsq_b", "n_pixels", "sum_l", "sumsq_l"]
+    by_label = kept.groupBy("label").agg(F.count(F.lit(1)).alias("n"), F.min(F.col("is_grey").cast("int")).alias("grey"),
+                                         *[F.sum(c).alias(c) for c in sums]).collect()
+    new_classes = sorted(r["label"] for r in by_label if r["label"] is not None)
+    # Earlier runs' label_index values stay valid: new classes are appended after the known ones.
+    known = prior.classes if prior is not None else []
+    classes = known + [c for c in new_classes if c not in known]
+    label_counts = {r["label"]: int(r["n"]) for r in by_label if r["label"] is not None}
+    unlabeled = sum(int(r["n"]) for r in by_label if r["label"] is None) if cfg.labels != LabelMode.NONE else 0
+    written = sum(int(r["n"]) for r in by_label)
+    if cfg.labels != LabelMode.NONE and written and not label_counts and not classes:
+        how = "below a class folder (ROOT/<class>/<file>)" if cfg.labels == LabelMode.DIRS else f"matched by a key of {cfg.labels_path}"
+        raise NothingWrittenError(f"labels={cfg.labels.value} was asked for, but none of the {written} images got a label: "
+                                  f"no file is {how}; fix the layout or pass --labels none")
+    all_grey = all(r["grey"] == 1 for r in by_label)
+    channels = _channels(cfg, prior, all_grey, written)
+    totals = {c: sum(int(r[c] or 0) for r in by_label) for c in sums}
+    return _Stats(classes, label_counts, unlabeled, channels, totals,
+                  _label_report(cfg, src.resolver, kept, staged, unlabeled), input_fingerprint(staged, src.specs))
+
+
+def _channels(cfg: PreprocessConfig, prior: Manifest | None, all_grey: bool, written: int) -> int:
+    """Stored channels: the dataset's for an incremental run (rows of one dataset agree), else --channels,
+    where auto means 1 when every written image is grey."""
+    if prior is not None:
+        return prior.channels
+    if cfg.channels is ChannelMode.AUTO:
+        return 1 if written and all_grey else 3
+    return int(cfg.channels.value)
+
+
+def write_tables(job: _Job, stats: _Stats, kept: DataFrame, rejects: DataFrame, duplicates: DataFrame | None) -> None:
+    """images/ (with label_index, in the stored channels), rejects/ and duplicates/ under the staging directory."""
+    staging = job.staging
+    index = F.create_map(*[x for i, c in enumerate(stats.classes) for x in (F.lit(c), F.lit(i))]) if stats.classes else None
+    labelled = kept.withColumn("label_index", index[F.col("label")] if index is not None else F.lit(None).cast("int"))
+    rows = _non_null(labelled, IMAGES_ARROW)
+    if stats.channels == 1:
+        rows = rows.mapInArrow(reduce_to_grey, rows.schema)
+    rows.write.partitionBy("run_id").parquet(f"{staging}/images")
+    _non_null(rejects, REJECTS_ARROW).write.partitionBy("run_id").parquet(f"{staging}/rejects")
+    if duplicates is not None:
+        _non_null(duplicates, DUPLICATES_ARROW).write.partitionBy("run_id").parquet(f"{staging}/duplicates")
+
+
+def check_conservation(job: _Job, src: _Inputs, staged: DataFrame, stats: _Stats, with_duplicates: bool) -> dict[str, Any]:
+    """inputs == staged rows == written + rejected + duplicates, counted from what was written; else fail."""
+    spark, staging = job.spark, job.staging
+    # explicit schemas: a kind with no rows is written as no files, which Spark cannot infer a schema from
+    written = spark.read.schema(images_spark()).parquet(f"{staging}/images").count()
+    reject_rows = spark.read.schema(rejects_spark()).parquet(f"{staging}/rejects").groupBy("reason").count().collect()
+    rejected = {r.value: 0 for r in RejectReason}
+    rejected.update({r["reason"]: int(r["count"]) for r in reject_rows})
+    dup_counts = {"exact": 0, "near": 0}
+    if with_duplicates:
+        for r in spark.read.schema(duplicates_spark()).parquet(f"{staging}/duplicates").groupBy("kind").count().collect():
+            dup_counts[r["kind"]] = int(r["count"])
+    staged_rows = staged.count()
+    accounted = written + sum(rejected.values()) + sum(dup_counts.values())
+    if not (src.count == staged_rows == accounted):
+        raise ConservationError(
+            f"conservation failed: inputs={src.count}, decoded rows={staged_rows}, "
+            f"written={written} + rejected={sum(rejected.values())} + duplicates={sum(dup_counts.values())} = {accounted}"
+        )
+    return {"inputs": src.count, "written": written, "rejected": rejected, "duplicates": dup_counts,
+            "unlabeled": stats.unlabeled, "tar_sidecars_skipped": src.tar_sidecars}
+
+
+def commit(job: _Job) -> None:
+    """Move the run's partitions into OUT (manifest.json is written by run_preprocess, last)."""
+    fs, layout, run_id = job.fs, job.layout, job.run_id
+    if job.cfg.overwrite and fs.exists(layout.manifest):
+        # The old dataset stops looking complete before anything moves; its partitions stay until the
+        # new manifest is written (run_preprocess), so a failure from here on loses no data.
+        fs.delete(layout.manifest)
+    for name, target in (("images", layout.images), ("rejects", layout.rejects), ("duplicates", layout.duplicates)):
+        src = f"{job.staging}/{name}/run_id={run_id}"
+        if fs.exists(src):
+            fs.rename(src, f"{target}/run_id={run_id}")
+        elif name != "duplicates":
+            # a run with no rows of a kind still gets its (empty) partition directory
+            fs.mkdirs(f"{target}/run_id={run_id}")
+
+
+def build_manifest(job: _Job, inputs: list[str], src: _Inputs, stats: _Stats, counts: dict[str, Any],
+                   timings: dict[str, float]) -> Manifest:
+    """The manifest of the whole dataset: this run, plus the earlier runs of an incremental dataset."""
+    prior = job.prior
+    run = {"run_id": job.run_id, "inputs": list(inputs), "counts": counts}
+    label_counts, totals, fingerprint, runs = stats.label_counts, stats.totals, stats.fingerprint, [run]
+    if prior is not None:
         counts = _accumulate(prior.counts, counts)
         label_counts = _accumulate(prior.label_counts, label_counts)
         totals = _accumulate(prior.extra.get("pixel_sums", {}), totals)
-        pixel_mean, pixel_std = _mean_std(totals)
         fingerprint = hashlib.sha256(f"{prior.input_fingerprint}+{fingerprint}".encode()).hexdigest()[:32]
         runs = prior.runs + runs
+    pixel_mean, pixel_std = _mean_std(totals, stats.channels)
     return Manifest(
         schema_version=SCHEMA_VERSION,
-        run_id=run_id,
-        resolution=cfg.resolution,
-        channels=3,
-        pixel_encoding=cfg.pixel_encoding.value,
-        classes=classes,
+        run_id=job.run_id,
+        resolution=job.cfg.resolution,
+        channels=stats.channels,
+        pixel_encoding=job.cfg.pixel_encoding.value,
+        classes=stats.classes,
         counts=counts,
         label_counts=label_counts,
         pixel_mean=pixel_mean,
         pixel_std=pixel_std,
-        config=cfg.to_dict(),
+        config=job.cfg.to_dict(),
         input_fingerprint=fingerprint,
         timings=timings,
         versions=software_versions(),
         runs=runs,
         extra={
-            "inputs": [{"uri": s.uri, "kind": s.kind.value} for s in specs],
-            "partitions": partitions,
-            "labels": label_report,
-            "class_to_index": {c: i for i, c in enumerate(classes)},
+            "inputs": [{"uri": s.uri, "kind": s.kind.value} for s in src.specs],
+            "partitions": src.partitions,
+            "labels": stats.label_report,
+            "class_to_index": {c: i for i, c in enumerate(stats.classes)},
             "pixel_sums": totals,  # exact integer sums behind pixel_mean/std, so incremental runs can add to them
         },
     )
 
 
-def _mean_std(totals: dict[str, int]) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std of the written pixels scaled to [0, 1], from exact integer sums."""
-    n = totals["n_pixels"]
+def _mean_std(totals: dict[str, int], channels: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of the stored pixels scaled to [0, 1], from exact integer sums (1 channel: the luma sums)."""
+    names = "l" if channels == 1 else "rgb"
+    n = totals.get("n_pixels", 0)
     if n == 0:
-        return [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        return [0.0] * channels, [0.0] * channels
     means, stds = [], []
-    for c in "rgb":
+    for c in names:
         mean = totals[f"sum_{c}"] / n / 255.0
         var = totals[f"sumsq_{c}"] / n / 255.0**2 - mean * mean
         means.append(round(mean, 6))

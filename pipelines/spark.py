@@ -19,6 +19,13 @@ def get_spark(master: str | None = "local[*]", app_name: str = "imagegen", conf:
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
+    local = master is not None and master.startswith("local")
+    if local:
+        # Local mode stays on loopback: without this Spark resolves the hostname, warns that it is a loopback
+        # address, then binds its driver and block manager to the machine's network interface. The JVM reads
+        # SPARK_LOCAL_IP when it starts; a user's own setting wins. Cluster masters keep Spark's defaults
+        # (the user gives spark.driver.host there when the cluster needs a particular interface).
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     settings = {
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(DEFAULT_ARROW_BATCH_ROWS),
@@ -28,6 +35,9 @@ def get_spark(master: str | None = "local[*]", app_name: str = "imagegen", conf:
         "spark.sql.shuffle.partitions": os.environ.get("IMAGEGEN_SHUFFLE_PARTITIONS", "8"),
         "spark.python.worker.reuse": "true",
     }
+    if local:
+        settings["spark.driver.host"] = os.environ["SPARK_LOCAL_IP"]
+        settings["spark.driver.bindAddress"] = os.environ["SPARK_LOCAL_IP"]
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -7,6 +7,8 @@ Bump SCHEMA_VERSION on any change a reader could notice, and say what changed be
 
 Version history:
   1  first version.
+  2  duplicates/ gains `similarity` (the pixel test that verified a near pair; 1.0 for exact
+     duplicates); a dataset may be stored with 1 channel (manifest `channels`, `--channels`).
 """
 from __future__ import annotations
 
@@ -14,7 +16,12 @@ import enum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Square resolutions the models can train on (training/models.py builds its towers from these:
+# 4x4 up by stride-2 layers). Preprocessing refuses any other --resolution when the job starts, so a
+# dataset never passes preprocessing and then fails in `train`.
+TRAINABLE_RESOLUTIONS = (32, 64, 128)
 
 
 class RejectReason(str, enum.Enum):
@@ -34,12 +41,12 @@ class RejectReason(str, enum.Enum):
 
 class DuplicateKind(str, enum.Enum):
     EXACT = "exact"  # same sha256 of the original bytes, or same decoded pixels at the target resolution
-    NEAR = "near"    # pHash Hamming distance <= --near-dup-distance (and verified)
+    NEAR = "near"    # pHash Hamming distance <= --near-dup-distance AND pixel similarity >= --min-similarity
 
 
 # ----------------------------------------------------------------------------- images/
 # One row per written image. `pixels` holds `height * width * channels` uint8 values in
-# HWC order (pixel_encoding="raw"), or a PNG file (pixel_encoding="png").
+# HWC order (pixel_encoding="raw"), or a PNG file (pixel_encoding="png"): schemas/pixels.py.
 IMAGES_ARROW = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),         # first 32 hex digits of sha256: stable, from content
@@ -84,7 +91,8 @@ DUPLICATES_ARROW = pa.schema(
         pa.field("source_uri", pa.string(), nullable=False),       # the dropped file
         pa.field("kept_source_uri", pa.string(), nullable=False),  # the kept image it duplicates
         pa.field("kind", pa.string(), nullable=False),             # a DuplicateKind value
-        pa.field("distance", pa.int32(), nullable=False),          # pHash Hamming distance (0 for exact)
+        pa.field("distance", pa.int32(), nullable=False),          # 64-bit pHash Hamming distance to the kept image (0 for exact)
+        pa.field("similarity", pa.float32(), nullable=False),      # pixel similarity to the kept image (pipelines/similarity.py; 1.0 for exact)
         pa.field("run_id", pa.string(), nullable=False),
     ],
     metadata={"imagegen.schema": "duplicates", "imagegen.schema_version": str(SCHEMA_VERSION)},
@@ -145,6 +153,7 @@ def duplicates_spark():
             T.StructField("kept_source_uri", T.StringType(), False),
             T.StructField("kind", T.StringType(), False),
             T.StructField("distance", T.IntegerType(), False),
+            T.StructField("similarity", T.FloatType(), False),
             T.StructField("run_id", T.StringType(), False),
         ]
     )

@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 from schemas.images import SCHEMA_VERSION
+from schemas.uri import uri_to_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +95,7 @@ class Manifest:
     @classmethod
     def read(cls, dataset_root: str) -> "Manifest":
         """Read OUT/manifest.json from a local path (or file: URI)."""
-        path = DatasetLayout(dataset_root).manifest
-        if path.startswith("file:"):
-            path = path[len("file:"):]
+        path = uri_to_path(DatasetLayout(dataset_root).manifest)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found: {dataset_root} is not a complete imagegen dataset (no manifest)")
         with open(path) as f:

@@ -54,7 +54,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-import io
 import os
 import queue
 import threading
@@ -71,6 +70,9 @@ import pyarrow.parquet as pq
 import torch
 
 from schemas import SCHEMA_VERSION, DatasetLayout, Manifest
+from schemas.pixels import PixelEncoding
+from schemas.pixels import decode_pixels as decode_pixel_row
+from schemas.uri import uri_to_path
 
 __all__ = [
     "Batch",
@@ -78,7 +80,7 @@ __all__ = [
     "LoaderConfig",
     "PixelEncoding",
     "ReaderKind",
-    "decode_pixels",
+    "decode_pixel_column",
     "from_model_output",
     "open_loader",
     "to_model_input",
@@ -88,11 +90,6 @@ __all__ = [
 class ReaderKind(str, enum.Enum):
     PETASTORM = "petastorm"
     ARROW = "arrow"
-
-
-class PixelEncoding(str, enum.Enum):
-    RAW = "raw"  # height * width * channels uint8 values, HWC order
-    PNG = "png"  # a PNG file per row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +211,7 @@ def _channel_stats(mean, std, channels: int, device) -> tuple[torch.Tensor, torc
 # ----------------------------------------------------------------------------- pixels
 
 
-def decode_pixels(
+def decode_pixel_column(
     column: pa.Array | pa.ChunkedArray,
     *,
     height: int,
@@ -295,20 +292,13 @@ def _raw_rows(chunk: pa.Array, height: int, width: int, channels: int, base: int
 
 
 def _png_rows(chunk: pa.Array, height: int, width: int, channels: int, base: int) -> np.ndarray:
-    """A binary Arrow array of PNG files -> (n, H*W, C) uint8, one Pillow decode per row."""
-    from PIL import Image
-
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
-    if mode is None:
-        raise ValueError(f"png pixels: no PIL mode for {channels} channels (expected 1, 3 or 4)")
+    """A binary Arrow array of PNG files -> (n, H*W, C) uint8, one decode per row (schemas/pixels.py)."""
     out = np.empty((len(chunk), height * width, channels), dtype=np.uint8)
     for i, value in enumerate(chunk):  # per-row decode: the documented slow path
-        img = Image.open(io.BytesIO(value.as_py()))
-        if img.mode != mode:
-            raise ValueError(f"png pixels: expected mode {mode} ({channels} channels) at row {base + i}, found {img.mode}")
-        if img.size != (width, height):
-            raise ValueError(f"png pixels: expected {width}x{height} (W x H) at row {base + i}, found {img.width}x{img.height}")
-        out[i] = np.asarray(img, dtype=np.uint8).reshape(height * width, channels)
+        try:
+            out[i] = decode_pixel_row(value.as_py(), height, width, channels, PixelEncoding.PNG).reshape(height * width, channels)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (row {base + i})") from None
     return out
 
 
@@ -348,16 +338,6 @@ _REQUIRED_TYPES = {
     "pixels": (pa.types.is_binary, pa.types.is_large_binary),
     "label_index": (pa.types.is_integer,),
 }
-
-
-def _local_root(data: str) -> str:
-    if data.startswith("file://"):
-        return data[len("file://"):]
-    if data.startswith("file:"):
-        return data[len("file:"):]
-    if "://" in data:
-        raise ValueError(f"dataset root must be a local path or file:// URI, got {data!r}")
-    return data
 
 
 def _check_file_schema(path: str, schema: pa.Schema) -> None:
@@ -417,7 +397,7 @@ class _DatasetInfo:
 
 
 def _inspect(data: str) -> _DatasetInfo:
-    root = _local_root(data)
+    root = uri_to_path(data)
     manifest = Manifest.read(root)  # FileNotFoundError without manifest.json, ValueError on a wrong schema_version
     try:
         encoding = PixelEncoding(manifest.pixel_encoding)
@@ -820,9 +800,9 @@ class PetastormLoader(Loader):
     def _batch_from_petastorm(self, result: Any) -> Batch:
         m = self.manifest
         # petastorm hands binary cells as a numpy object array of bytes; pa.array builds one Arrow buffer from it in C,
-        # so both readers share the per-row-loop-free decode_pixels.
+        # so both readers share the per-row-loop-free decode_pixel_column.
         pixels = pa.array(result.pixels, type=pa.binary())
-        images = decode_pixels(pixels, height=m.resolution, width=m.resolution, channels=m.channels, encoding=self.info.encoding)
+        images = decode_pixel_column(pixels, height=m.resolution, width=m.resolution, channels=m.channels, encoding=self.info.encoding)
         labels = None
         if self.info.has_labels:
             raw = np.asarray(result.label_index)

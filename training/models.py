@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-SUPPORTED_RESOLUTIONS = (32, 64, 128)
+from schemas.images import TRAINABLE_RESOLUTIONS as SUPPORTED_RESOLUTIONS  # the contract: preprocess refuses others
 
 
 class ModelKind(str, enum.Enum):

@@ -147,7 +147,7 @@ def _files(min_size: int = 32) -> list[tuple[str, bytes, Expected]]:
     full = encode(photo_like(96, 96, seed=9), "JPEG", quality=95)
     add("bad/truncated.jpg", full[: len(full) // 2], kind="reject", reason="truncated")
     add("bad/corrupt.png", corrupt_png(seed=10), kind="reject", reason="decode_error")
-    add("bad/tiny.png", encode(photo_like(16, 16, seed=11), "PNG"), kind="reject", reason="too_small")
+    add("bad/tiny.png", encode(photo_like(12, 12, seed=11), "PNG"), kind="reject", reason="too_small")
     add("bad/bomb.png", png_bomb_header(100_000, 100_000), kind="reject", reason="too_large")
     add("bad/wide.png", encode(photo_like(400, 40, seed=12), "PNG"), kind="reject", reason="bad_aspect")
     add("bad/blank.png", encode(Image.new("RGB", (64, 64), (90, 90, 90)), "PNG"), kind="reject", reason="blank")

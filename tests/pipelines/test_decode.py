@@ -187,3 +187,26 @@ def test_decode_batch_one_row_per_input_with_phash_and_labels():
     for n in ("cats/rgb.png", "top_level.png"):
         assert by_uri[f"file:/c/{n}"]["phash"] == hex_to_int64(str(imagehash.phash(Image.open(io.BytesIO(data[n])))))
     assert pa.RecordBatch.from_pylist(out, schema=STAGED_ARROW).num_rows == 7
+
+
+def test_to_grey_is_pils_luma_bit_for_bit():
+    from pipelines.decode import to_grey
+
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    rgb[0] = np.repeat(np.arange(0, 256, 4, dtype=np.uint8), 3).reshape(64, 3)  # a row of grey pixels
+    expected = np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
+    np.testing.assert_array_equal(to_grey(rgb)[..., 0], expected)
+    ramp = np.repeat(np.arange(256, dtype=np.uint8), 3).reshape(16, 16, 3)
+    np.testing.assert_array_equal(to_grey(ramp)[..., 0], ramp[..., 0])
+
+
+def test_is_grey_and_luma_sums():
+    digit = Image.fromarray((np.add.outer(np.arange(40), np.arange(40)) * 3 % 256).astype(np.uint8), "L")
+    grey = _decode(encode(digit, "PNG"))
+    assert grey.row["is_grey"] and grey.row["sum_l"] == grey.row["sum_r"] == grey.row["sum_b"]
+    as_rgb = _decode(encode(digit.convert("RGB"), "PNG"))  # an RGB file of a grey picture
+    assert as_rgb.row["is_grey"] and as_rgb.row["pixels_sha256"] == grey.row["pixels_sha256"]
+    colour = _decode(encode(photo_like(40, 40, seed=3), "PNG"))
+    assert not colour.row["is_grey"]
+    assert colour.row["sum_l"] == int(np.asarray(Image.fromarray(colour.rgb).convert("L"), np.int64).sum())

@@ -196,12 +196,12 @@ def image_rows(h: np.ndarray, prefix: str, start: int = 0, sha=None, pix=None):
         k = start + i
         rows.append(dict(source_uri=f"{prefix}/{k:05d}.png", sha256=(sha or {}).get(k, f"{prefix}:s{k}"),
                          pixels_sha256=(pix or {}).get(k, f"{prefix}:p{k}"),
-                         phash=int(x), orig_width=10000 - k, orig_height=100, file_size=1000, width=1, height=1, channels=1,
+                         phash=int(x), orig_width=10000 - k, orig_height=100, orig_format="PNG", file_size=1000, width=1, height=1, channels=1,
                          pixel_encoding="raw", pixels=bytes([k % 256])))
     return rows
 
 
-IMG_DDL = ("source_uri string, sha256 string, pixels_sha256 string, phash long, orig_width int, orig_height int, file_size long, "
+IMG_DDL = ("source_uri string, sha256 string, pixels_sha256 string, phash long, orig_width int, orig_height int, orig_format string, file_size long, "
            "width int, height int, channels int, pixel_encoding string, pixels binary")
 
 
@@ -239,7 +239,7 @@ def test_deduplicate_near_zero_is_exact_only_and_rejects_repeated_uris(spark):
     rows = image_rows(h, "x", sha={1: "x:s0"})
     kept, dups = dedup.deduplicate(spark, spark.createDataFrame(rows, IMG_DDL), None, DedupConfig(near_distance=0))
     assert {r.source_uri for r in kept.collect()} == {"x/00000.png", "x/00002.png", "x/00003.png"}
-    assert [tuple(r) for r in dups.collect()] == [("x/00001.png", "x/00000.png", "exact", 0)]
+    assert [tuple(r) for r in dups.collect()] == [("x/00001.png", "x/00000.png", "exact", 0, 1.0)]
     empty_kept, empty_dups = dedup.deduplicate(spark, spark.createDataFrame([], IMG_DDL), None, DedupConfig())
     assert (empty_kept.count(), empty_dups.count()) == (0, 0)
     with pytest.raises(ValueError, match="source_uri must be unique"):
@@ -268,8 +268,8 @@ def test_deduplicate_incremental_previous_always_kept(spark):
     kept2, dups2 = dedup.deduplicate(spark, images2, kept1, cfg)
     d2 = {r.source_uri: r for r in dups2.collect()}
     kept2_uris = {r.source_uri for r in kept2.collect()}
-    assert d2["run2/00000.png"][1:] == ("run1/00010.png", "near", 3)
-    assert d2["run2/00001.png"][1:] == ("run1/00020.png", "exact", 0)
+    assert d2["run2/00000.png"][1:4] == ("run1/00010.png", "near", 3)
+    assert d2["run2/00001.png"][1:] == ("run1/00020.png", "exact", 0, 1.0)
     assert d2["run2/00002.png"].kept_source_uri == "run1/00010.png"  # within 5 of it; its own dropper is dropped
     assert len(kept2_uris) + len(d2) == 100 and not kept2_uris & set(d2)
     assert all(u.startswith("run2/") for u in kept2_uris)
@@ -283,4 +283,21 @@ def test_config_is_validated():
         DedupConfig(near_distance=40)
     with pytest.raises(TypeError, match="VerifyMode"):
         DedupConfig(verify="phash256")
+    with pytest.raises(ValueError, match="min_similarity"):
+        DedupConfig(min_similarity=1.5)
     assert dedup.masks_within(3, 1) == [0, 1, 2, 4]
+
+
+def test_keep_rule_lossless_before_lossy_at_equal_resolution(spark):
+    """Resolution first, then lossless before lossy, then file size: a larger JPEG re-encode of a PNG loses to it,
+    a larger-resolution JPEG still wins over a smaller PNG."""
+    rows = image_rows(np.array([9, 9, 9], dtype=np.int64), "k")
+    rows[0].update(source_uri="k/a-reencode.jpg", orig_format="JPEG", file_size=50_000, orig_width=500)
+    rows[1].update(source_uri="k/b-original.png", orig_format="PNG", file_size=20_000, orig_width=500)
+    rows[2].update(source_uri="k/c-bigger.jpg", orig_format="JPEG", file_size=10_000, orig_width=501)
+    cfg = DedupConfig(near_distance=4, verify=VerifyMode.NONE, partitions=4)
+    kept, dups = dedup.deduplicate(spark, spark.createDataFrame(rows[:2], IMG_DDL), None, cfg)
+    assert [r.source_uri for r in kept.collect()] == ["k/b-original.png"]
+    kept, dups = dedup.deduplicate(spark, spark.createDataFrame(rows, IMG_DDL), None, cfg)
+    assert [r.source_uri for r in kept.collect()] == ["k/c-bigger.jpg"]
+    assert {r.source_uri: r.kept_source_uri for r in dups.collect()} == {"k/a-reencode.jpg": "k/c-bigger.jpg", "k/b-original.png": "k/c-bigger.jpg"}

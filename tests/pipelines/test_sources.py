@@ -1,7 +1,10 @@
 """Ingest of every input kind into one DataFrame (real Spark, real files)."""
 from __future__ import annotations
 
+import os
+import shutil
 import tarfile
+import unicodedata
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -146,3 +149,218 @@ def test_a_shard_cut_short_is_counted_as_it_is_expanded(tmp_path, cut):
     assert list_tar(f"file:{cut_shard}") == (len(rows), 0)
     assert rows[-1][0] == f"file:{cut_shard}" and "unreadable" in rows[-1][4]  # the break, named
     assert all(r[4] is None for r in rows[:-1]) and len(rows) <= 4
+
+
+# ----------------------------------------------------------------------------- local listing: any legal name
+def _nfc(s: str) -> str:
+    return unicodedata.normalize("NFC", s)
+
+
+def _nfd(s: str) -> str:
+    return unicodedata.normalize("NFD", s)
+
+
+# Every one a legal Linux file name; together in one folder. Each must be ONE input, spelled file:<path>.
+ODD_NAMES = [
+    "a b.png", "  two  spaces .png", _nfc("résumé.png"), _nfd("résumé.png"), "日本語.png", "100%.png",
+    "a%20b.png", "a%2520b.png", "#hash#.png", "what?.png", "[x].png", "a[1].png", "]b[.png", "star*.png",
+    "new\nline.png", "-leading.png", "--.png", "tab\there.png", "quote'\"s.png", "back\\slash.png",
+    "colon:name.png", "semi;amp&.png", "a{b,c}.png", "~tilde.png", "+plus=eq.png",
+    "l" * 246 + ".png", "é" * 123 + ".png",  # 250 bytes each
+]
+EMPTY_NAMES = ["empty.png", "empty %20 file.png", _nfd("vidé.png")]
+
+
+def test_odd_names_are_legal_and_distinct():
+    assert len(set(ODD_NAMES + EMPTY_NAMES)) == len(ODD_NAMES) + len(EMPTY_NAMES)
+    assert _nfc("résumé.png") != _nfd("résumé.png")
+    assert max(len(n.encode()) for n in ODD_NAMES) == 250
+
+
+def _listing(spark, inputs, partitions, cfg=CFG):
+    specs = [classify(spark, str(i)) for i in inputs]
+    loaded = load_sources(spark, specs, cfg, partitions=partitions)
+    rows = loaded.df.collect()
+    assert loaded.input_count == len(rows)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    root = tmp_path_factory.mktemp("odd") / "in put #1"
+    (root / "sub dir %41").mkdir(parents=True)
+    for i, name in enumerate(ODD_NAMES):
+        (root / name).write_bytes(_jpeg(20 + i))
+        (root / "sub dir %41" / name).write_bytes(_jpeg(20 + i))
+    for name in EMPTY_NAMES:
+        (root / name).write_bytes(b"")
+        (root / "sub dir %41" / name).write_bytes(b"")
+    return root
+
+
+# partitions=1: the driver lists the root and hands "sub dir %41" to a task as a subtree;
+# partitions=8: the driver walks the whole (small) tree and tasks list each directory's files.
+@pytest.mark.parametrize("partitions", [1, 8])
+def test_odd_names_and_empty_files_are_listed_once_with_their_real_path(spark, odd, partitions):
+    rows = _listing(spark, [odd], partitions)
+    on_disk = sorted(f"file:{p}" for p in odd.rglob("*") if p.is_file())
+    uris = sorted(r["source_uri"] for r in rows)
+    assert uris == on_disk and len(on_disk) == 2 * (len(ODD_NAMES) + len(EMPTY_NAMES))
+    by_uri = {r["source_uri"]: r for r in rows}
+    for name in ODD_NAMES:
+        row = by_uri[f"file:{odd}/sub dir %41/{name}"]
+        assert row["rel_path"] == f"sub dir %41/{name}" and row["read_uri"] == row["source_uri"]
+        assert row["source_error"] is None and row["length"] == len(_jpeg(20 + ODD_NAMES.index(name)))
+        assert read_local(row["read_uri"]) == (odd / "sub dir %41" / name).read_bytes()
+    for name in EMPTY_NAMES:
+        row = by_uri[f"file:{odd}/{name}"]
+        assert row["length"] == 0 and read_local(row["read_uri"]) == b"" and row["rel_path"] == name
+
+
+def test_odd_names_through_binary_file_are_not_counted_twice(spark, odd):
+    """The binaryFile path (kept for hdfs:, s3a:, ...) compares inputFiles() and its path column in one
+    spelling, so the zero-length back-fill adds only the empty files. Exercised here on a local folder."""
+    from pipelines.sources import _binary_files, hadoop_spelling
+
+    assert hadoop_spelling("file:///x/a%20b%2520c%23.png") == "file:/x/a b%20c#.png"
+    assert hadoop_spelling("s3a://bucket/d/%E6%97%A5 x.png") == "s3a://bucket/d/日 x.png"
+    df, n = _binary_files(spark, [f"file:{odd}"], True)
+    paths = sorted(r["path"] for r in df.select("path").collect())
+    assert paths == sorted(f"file:{p}" for p in odd.rglob("*") if p.is_file())
+    assert n == len(paths)
+
+
+def test_hidden_names_are_skipped_at_every_level(spark, tmp_path):
+    root = tmp_path / "in"
+    for rel in ["a.jpg", ".hidden.jpg", "_private.jpg", "x._COPYING_", "k=_v/b.jpg", "_k=v/c.jpg",
+                "sub/.DS_Store", "sub/_SUCCESS", "sub/d.jpg", ".git/e.jpg", "_tmp/f.jpg", "sub/.cache/g.jpg"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(_jpeg(1))
+    for partitions in (1, 8):
+        rel = sorted(r["rel_path"] for r in _listing(spark, [root], partitions))
+        assert rel == ["_k=v/c.jpg", "a.jpg", "k=_v/b.jpg", "sub/d.jpg"]  # Spark's rule, "=" exception included
+    # an input named explicitly is taken as named, even when hidden
+    (row,) = _listing(spark, [root / "_private.jpg"], 2)
+    assert row["source_uri"] == f"file:{root}/_private.jpg" and row["rel_path"] == "_private.jpg"
+
+
+@pytest.fixture
+def links(tmp_path):
+    """root/real/{1,2}.jpg, root/real/deeper/3.jpg, loops up -> .. and abs -> ROOT, a file link, and two links
+    to one directory outside the root (its files are reachable only through them)."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "real" / "deeper").mkdir(parents=True)
+    outside.mkdir()
+    for i, rel in enumerate(["real/1.jpg", "real/2.jpg", "real/deeper/3.jpg"]):
+        (root / rel).write_bytes(_jpeg(i))
+    (outside / "o.jpg").write_bytes(_jpeg(9))
+    (root / "real" / "deeper" / "up").symlink_to("..")
+    (root / "real" / "abs").symlink_to(root)
+    (root / "real" / "again.jpg").symlink_to(root / "real" / "1.jpg")
+    (root / "ext-b").symlink_to(outside)
+    (root / "ext-a").symlink_to(outside)
+    (root / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    return root
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 8])
+def test_symlink_loops_end_and_each_file_is_one_input(spark, links, partitions):
+    rows = _listing(spark, [links], partitions)
+    by_uri = {r["source_uri"]: r for r in rows}
+    base = f"file:{links}"
+    assert sorted(by_uri) == sorted([f"{base}/real/1.jpg", f"{base}/real/2.jpg", f"{base}/real/deeper/3.jpg",
+                                     f"{base}/ext-a/o.jpg",  # the first of ext-a/o.jpg, ext-b/o.jpg
+                                     f"{base}/dangling.jpg"])
+    assert by_uri[f"{base}/ext-a/o.jpg"]["rel_path"] == "ext-a/o.jpg"
+    assert by_uri[f"{base}/ext-a/o.jpg"]["read_uri"] == f"{base}/ext-a/o.jpg"
+    dangling = by_uri[f"{base}/dangling.jpg"]
+    assert dangling["read_uri"] is None and "cannot stat" in dangling["source_error"]
+
+
+def test_a_directory_that_cannot_be_listed_is_one_read_error_row(spark, tmp_path):
+    """As root, chmod 000 does not stop os.scandir, so the unreadable directory here is one whose path is
+    longer than PATH_MAX (4096 bytes): os.stat/os.scandir fail on it with ENAMETOOLONG, the same OSError path
+    a PermissionError takes. Its files cannot be inputs; the directory is one read_error row; the rest is listed."""
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "ok.jpg").write_bytes(_jpeg(1))
+    fd = os.open(root, os.O_RDONLY)
+    path = str(root)
+    names = []
+    try:
+        while len(path) <= 4200:
+            name = "d" * 200
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            path += "/" + name
+            names.append(name)
+        deep = os.open("deep.jpg", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+        os.write(deep, _jpeg(2))
+        os.close(deep)
+    finally:
+        os.close(fd)
+    for partitions in (1, 8):
+        rows = _listing(spark, [root], partitions)
+        errors = [r for r in rows if r["source_error"] is not None]
+        assert len(errors) == 1 and len(rows) == 2
+        assert f"file:{root}/ok.jpg" in {r["source_uri"] for r in rows}
+        (err,) = errors
+        assert err["content"] is None and err["read_uri"] is None and "too long" in err["source_error"]
+        assert len(err["source_uri"]) > 4096 and err["source_uri"].startswith(f"file:{root}/{names[0]}/")
+        assert len(err["source_uri"][len("file:"):].rsplit("/", 1)[0]) < 4096  # the first too-long directory
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions (see the ENAMETOOLONG test)")
+def test_a_directory_without_permission_is_one_read_error_row(spark, tmp_path):
+    root = tmp_path / "in"
+    (root / "locked").mkdir(parents=True)
+    (root / "locked" / "x.jpg").write_bytes(_jpeg(1))
+    (root / "ok.jpg").write_bytes(_jpeg(2))
+    os.chmod(root / "locked", 0)
+    try:
+        rows = {r["source_uri"]: r for r in _listing(spark, [root], 1)}
+        assert set(rows) == {f"file:{root}/ok.jpg", f"file:{root}/locked"}
+        assert "PermissionError" in rows[f"file:{root}/locked"]["source_error"]
+    finally:
+        os.chmod(root / "locked", 0o755)
+
+
+def test_uri_list_entries_are_literal_paths(spark, tmp_path):
+    (tmp_path / "a[1].png").write_bytes(_jpeg(1))
+    (tmp_path / "a1.png").write_bytes(_jpeg(2))  # what the glob a[1].png would match
+    (tmp_path / "b*.png").write_bytes(_jpeg(3))
+    (tmp_path / "bb.png").write_bytes(_jpeg(4))
+    (tmp_path / "list.txt").write_text("a[1].png\nb*.png\nc?.png\n")
+    rows = {r["source_uri"]: r for r in _listing(spark, [tmp_path / "list.txt"], 2)}
+    assert set(rows) == {f"file:{tmp_path}/a[1].png", f"file:{tmp_path}/b*.png", f"file:{tmp_path}/c?.png"}
+    assert read_local(rows[f"file:{tmp_path}/a[1].png"]["read_uri"]) == _jpeg(1)
+    assert rows[f"file:{tmp_path}/a[1].png"]["rel_path"] == f"file:{tmp_path}/a[1].png"
+    assert "not found" in rows[f"file:{tmp_path}/c?.png"]["source_error"]
+
+
+def test_local_globs_and_inputs_that_exist_as_written(spark, tree, tmp_path):
+    files = tree / "files"
+    rows = _listing(spark, [f"{files}/{{cat,dog}}/*.jpg"], 2)
+    assert sorted(r["rel_path"] for r in rows) == ["cat/a.jpg", "dog/b.jpg", "dog/empty.jpg"]
+    rows = _listing(spark, [f"{files}/*"], 2)  # a matching directory is walked, a matching file listed
+    assert sorted(r["rel_path"] for r in rows) == ["c.jpg", "cat/a.jpg", "dog/b.jpg", "dog/empty.jpg"]
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        _listing(spark, [f"{files}/*.png"], 2)
+    folder = tmp_path / "photos [2020]"  # as a glob it would match "photos 2" or "photos 0"
+    folder.mkdir()
+    (folder / "x.jpg").write_bytes(_jpeg(1))
+    spec = classify(spark, str(folder))
+    assert spec.root == f"file:{folder}"
+    (row,) = _listing(spark, [folder], 2)
+    assert row["source_uri"] == f"file:{folder}/x.jpg" and row["rel_path"] == "x.jpg"
+
+
+def test_odd_names_with_bytes_carried_in_content(spark, odd):
+    rows = _listing(spark, [odd], 1, PreprocessConfig(read_local_in_worker=False))
+    assert len(rows) == 2 * (len(ODD_NAMES) + len(EMPTY_NAMES)) and all(r["read_uri"] is None for r in rows)
+    by_uri = {r["source_uri"]: r for r in rows}
+    assert by_uri[f"file:{odd}/new\nline.png"]["content"] == (odd / "new\nline.png").read_bytes()
+    assert by_uri[f"file:{odd}/empty.png"]["content"] == b""

@@ -17,3 +17,11 @@ def test_session_runs_map_in_arrow_with_bounded_batches(spark):
     assert sum(sizes) == 1000
     assert max(sizes) <= DEFAULT_ARROW_BATCH_ROWS  # a batch of image bytes can never grow past this many rows
     assert spark.sparkContext.master == "local[2]"
+
+
+def test_local_session_binds_to_loopback(spark):
+    """Local mode never binds the driver or the block manager to the machine's network interface."""
+    assert spark.conf.get("spark.driver.host") == "127.0.0.1"
+    assert spark.conf.get("spark.driver.bindAddress") == "127.0.0.1"
+    block_manager = spark.sparkContext._jsc.sc().env().blockManager().blockManagerId()
+    assert block_manager.host() == "127.0.0.1"

@@ -26,7 +26,7 @@ from training.data import (
     Batch,
     LoaderConfig,
     ReaderKind,
-    decode_pixels,
+    decode_pixel_column,
     from_model_output,
     open_loader,
     to_model_input,
@@ -230,23 +230,23 @@ def test_decode_pixels_raw_handles_sliced_and_large_binary_columns():
     rows = rng.integers(0, 256, size=(5, 4, 2, 3), dtype=np.uint8)  # (n, H, W, C)
     expected = rows.transpose(0, 3, 1, 2)
     col = pa.array([r.tobytes() for r in rows], pa.binary())
-    decoded = decode_pixels(col, height=4, width=2, channels=3, encoding="raw")
+    decoded = decode_pixel_column(col, height=4, width=2, channels=3, encoding="raw")
     np.testing.assert_array_equal(decoded.numpy(), expected)
     assert decoded.shape == (5, 3, 4, 2) and decoded.is_contiguous(memory_format=torch.channels_last)
-    np.testing.assert_array_equal(decode_pixels(col.slice(2, 3), height=4, width=2, channels=3, encoding="raw").numpy(), expected[2:])
+    np.testing.assert_array_equal(decode_pixel_column(col.slice(2, 3), height=4, width=2, channels=3, encoding="raw").numpy(), expected[2:])
     large = pa.array([r.tobytes() for r in rows], pa.large_binary())
-    np.testing.assert_array_equal(decode_pixels(large, height=4, width=2, channels=3, encoding="raw").numpy(), expected)
+    np.testing.assert_array_equal(decode_pixel_column(large, height=4, width=2, channels=3, encoding="raw").numpy(), expected)
     chunked = pa.chunked_array([col.slice(0, 2), col.slice(2, 3)])
     order = np.array([4, 0, 2])
     np.testing.assert_array_equal(
-        decode_pixels(chunked, height=4, width=2, channels=3, encoding="raw", order=order).numpy(), expected[order]
+        decode_pixel_column(chunked, height=4, width=2, channels=3, encoding="raw", order=order).numpy(), expected[order]
     )
 
 
 def test_decode_pixels_raw_rejects_rows_of_the_wrong_size():
     col = pa.array([bytes(24), bytes(24), bytes(8)], pa.binary())
     with pytest.raises(ValueError, match=r"expected 24 bytes per row .* found 8 bytes at row 2"):
-        decode_pixels(col, height=4, width=2, channels=3, encoding="raw")
+        decode_pixel_column(col, height=4, width=2, channels=3, encoding="raw")
 
 
 # ----------------------------------------------------------------------------- determinism and resume
