@@ -13,6 +13,7 @@ COMMANDS = {
     "dedup-eval": ("jobs.dedup_eval", "precision/recall of dedup decisions against a ground-truth grouping"),
     "train": ("jobs.train", "train a GAN or VAE on a preprocessed dataset"),
     "generate": ("jobs.generate", "write samples from a checkpoint"),
+    "evaluate": ("jobs.evaluate", "FID/KID, precision/recall (and ELBO, class accuracy) of a checkpoint, with real-data floors"),
 }
 
 

@@ -55,8 +55,9 @@ class PreprocessConfig:
     arrow_batch_rows: int = 32                # rows per Arrow batch into the decode stage
     arrow_batch_bytes: int = 256 * 1024 * 1024  # and at most this many bytes per batch (far below Arrow's 2 GB)
     partitions: int | None = None             # decode-stage partitions; None: 3 x the cores Spark has
-    # Local (file:) inputs: Spark lists them and the decode stage reads the bytes itself, instead of
-    # binaryFile carrying them JVM -> Arrow -> Python (that copy cost the JVM ~1 ms of CPU per image).
+    # Local (file:) inputs: our listing (pipelines/sources.py) hands the decode stage their URIs and it reads
+    # the bytes itself, instead of binaryFile carrying them JVM -> Arrow -> Python (that copy cost the JVM
+    # ~1 ms of CPU per image). Off: the listing step reads the bytes into `content` (a separate Python pass).
     # Other schemes (hdfs:, s3a:) always go through binaryFile, i.e. Hadoop's filesystems.
     read_local_in_worker: bool = True
     dedup: bool = True                        # drop exact and near duplicates (pipelines/dedup.py); off: keep every valid image

@@ -13,7 +13,7 @@ Conversion to RGB (also in docs/preprocess.md):
      then too_small / bad_aspect on those original dimensions;
   2. animations: the first frame (PIL opens at frame 0);
   3. JPEG: draft() picks the largest DCT scale (1/2, 1/4, 1/8) that keeps both sides >=
-     max(resolution, 32), so the image is decoded once at reduced scale;
+     max(2 * resolution, 32), so the image is decoded once at reduced scale;
   4. EXIF orientation is applied (ImageOps.exif_transpose);
   5. mode -> RGB:  RGB as is;  L -> replicated;  1 -> L -> RGB;  P -> RGBA if it has
      transparency else RGB;  RGBA / LA / PA / RGBa / La -> composited on WHITE (white is the
@@ -221,7 +221,10 @@ def process_image(content: bytes | None, source_uri: str, cfg: PreprocessConfig)
     # 2.-5. one decode, at reduced scale where the format allows it
     try:
         if orig_format == "JPEG":
-            need = max(cfg.resolution, SMALL)
+            # At least twice the target side: LANCZOS then does the last 2x or more, as it does for every
+            # other format, so a JPEG and a PNG of one picture normalise to nearly the same pixels (decoding
+            # straight at the target size leaves DCT scaling's softer low-pass; docs/dedup.md measures it).
+            need = max(2 * cfg.resolution, SMALL)
             image.draft(image.mode, (need, need))
         image.load()
     except Exception as exc:

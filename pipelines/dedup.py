@@ -76,6 +76,10 @@ class DedupConfig:
     max_rounds: int = 40
     # The fallback finishes on the driver only if at most this many undecided edges remain, else it fails.
     fallback_max_edges: int = 2_000_000
+    # A similarity graph of at most this many verified edges is decided on the driver at once (the same
+    # sequential greedy, ~100 bytes of Python per edge): each distributed round is a few Spark jobs, a fixed
+    # cost of seconds that small and medium runs (most edges are few: duplicates are rare) need not pay.
+    driver_max_edges: int = 100_000
     # Broadcast the (band, value) index when it has at most this many rows (N * m); else a shuffle join.
     broadcast_max_rows: int = 4_000_000
     # Shuffle partitions for the joins; None = the session's spark.sql.shuffle.partitions.
@@ -340,7 +344,8 @@ def verify(edges: DataFrame, pixels: DataFrame, min_similarity: float) -> DataFr
 UNDECIDED, KEPT, DROPPED = 0, 1, 2
 
 
-def greedy_mis(nodes_ranked: DataFrame, edges: DataFrame, max_rounds: int = 40, fallback_max_edges: int = 2_000_000) -> DataFrame:
+def greedy_mis(nodes_ranked: DataFrame, edges: DataFrame, max_rounds: int = 40, fallback_max_edges: int = 2_000_000,
+               driver_max_edges: int = 0) -> DataFrame:
     """The greedy maximal independent set by rank, in rounds of joins.
 
     nodes_ranked: (id) with id = rank, smaller is better; edges: (src, dst, distance, similarity), undirected,
@@ -363,7 +368,8 @@ def greedy_mis(nodes_ranked: DataFrame, edges: DataFrame, max_rounds: int = 40, 
     Progress: the best-ranked undecided node beats all its undecided neighbours, so every round
     decides at least one node and the loop ends; a chain whose ranks increase along it needs one round
     per two nodes, random ranks need O(log n) rounds. After max_rounds the rest is finished on the
-    driver by the sequential greedy if at most fallback_max_edges edges remain, else it fails.
+    driver by the sequential greedy if at most fallback_max_edges edges remain, else it fails. A graph of
+    at most driver_max_edges edges skips the rounds and is finished on the driver at once.
     """
     spark = nodes_ranked.sparkSession
     if "similarity" not in edges.columns:  # unverified edges carry no pixel signal
@@ -372,26 +378,29 @@ def greedy_mis(nodes_ranked: DataFrame, edges: DataFrame, max_rounds: int = 40, 
     live = _checkpoint(both)  # edges with both ends undecided, both directions
     undecided = _checkpoint(live.select(F.col("src").alias("id")).distinct())
     decided: list[DataFrame] = []  # (id, status) per round
-    rounds = 0
-    while not undecided.isEmpty():
-        if rounds >= max_rounds:
-            decided.append(_finish_on_driver(spark, undecided, live, fallback_max_edges, max_rounds))
-            break
-        rounds += 1
-        best_nb = live.groupBy("src").agg(F.min("dst").alias("best_nb"))
-        kept = (
-            undecided.join(best_nb, undecided["id"] == best_nb["src"], "left")
-            .filter(F.col("best_nb").isNull() | (F.col("id") < F.col("best_nb")))
-            .select("id")
-        )
-        dropped = live.join(kept.select(F.col("id").alias("src")), "src", "left_semi").select(F.col("dst").alias("id")).distinct()
-        now = _checkpoint(kept.select("id", F.lit(KEPT).alias("status")).unionByName(dropped.select("id", F.lit(DROPPED).alias("status"))))
-        decided.append(now)
-        undecided = _checkpoint(undecided.join(now, "id", "left_anti"))
-        live = _checkpoint(
-            live.join(now.select(F.col("id").alias("src")), "src", "left_anti")
-            .join(now.select(F.col("id").alias("dst")), "dst", "left_anti")
-        )
+    if driver_max_edges and live.count() <= 2 * driver_max_edges:  # `live` holds both directions
+        decided.append(_finish_on_driver(spark, undecided, live, 2 * driver_max_edges, 0))
+    else:
+        rounds = 0
+        while not undecided.isEmpty():
+            if rounds >= max_rounds:
+                decided.append(_finish_on_driver(spark, undecided, live, fallback_max_edges, max_rounds))
+                break
+            rounds += 1
+            best_nb = live.groupBy("src").agg(F.min("dst").alias("best_nb"))
+            kept = (
+                undecided.join(best_nb, undecided["id"] == best_nb["src"], "left")
+                .filter(F.col("best_nb").isNull() | (F.col("id") < F.col("best_nb")))
+                .select("id")
+            )
+            dropped = live.join(kept.select(F.col("id").alias("src")), "src", "left_semi").select(F.col("dst").alias("id")).distinct()
+            now = _checkpoint(kept.select("id", F.lit(KEPT).alias("status")).unionByName(dropped.select("id", F.lit(DROPPED).alias("status"))))
+            decided.append(now)
+            undecided = _checkpoint(undecided.join(now, "id", "left_anti"))
+            live = _checkpoint(
+                live.join(now.select(F.col("id").alias("src")), "src", "left_anti")
+                .join(now.select(F.col("id").alias("dst")), "dst", "left_anti")
+            )
     status = reduce(DataFrame.unionByName, decided) if decided else spark.createDataFrame([], "id long, status int")
     status = _checkpoint(status)
     all_status = (
@@ -504,7 +513,7 @@ def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | N
             edges = _checkpoint(verify(edges, px, config.min_similarity))
         else:
             edges = edges.withColumn("similarity", F.lit(float("nan")).cast("float"))
-        decisions = greedy_mis(nodes.select("id"), edges, config.max_rounds, config.fallback_max_edges)
+        decisions = greedy_mis(nodes.select("id"), edges, config.max_rounds, config.fallback_max_edges, config.driver_max_edges)
     else:
         decisions = nodes.select("id", F.lit(True).alias("kept"), F.lit(None).cast("long").alias("kept_by"),
                                  F.lit(None).cast("int").alias("distance"), F.lit(None).cast("float").alias("similarity"))

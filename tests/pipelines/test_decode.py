@@ -104,9 +104,11 @@ def test_pixels_round_trip_exactly_at_native_resolution():
 
 def test_jpeg_is_decoded_at_reduced_scale():
     big = encode(photo_like(1024, 768, seed=5), "JPEG", quality=85)
-    assert _decode(big, PreprocessConfig(resolution=64)).decoded_size == (128, 96)   # 1/8 DCT scaling
-    # 1/4 would give 256x192 (< 200 high), so PIL takes 1/2: both sides stay >= the target
-    assert _decode(big, PreprocessConfig(resolution=200)).decoded_size == (512, 384)
+    # Both sides stay >= twice the target: 1/4 DCT scaling for 64 (1/8 would give 96 < 128 high)
+    assert _decode(big, PreprocessConfig(resolution=64)).decoded_size == (256, 192)
+    assert _decode(big, PreprocessConfig(resolution=32)).decoded_size == (128, 96)   # 1/8
+    # 1/2 would give 512x384 (< 400 high), so PIL decodes at full size for 200
+    assert _decode(big, PreprocessConfig(resolution=200)).decoded_size == (1024, 768)
     png = encode(photo_like(256, 192, seed=5), "PNG")
     assert _decode(png, PreprocessConfig(resolution=64)).decoded_size == (256, 192)  # PNG has no reduced decode
 

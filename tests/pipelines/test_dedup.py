@@ -165,6 +165,9 @@ def test_greedy_mis_equals_sequential_greedy(spark):
     nodes = spark.createDataFrame([(i,) for i in range(n)], "id long")
     got = {r.id: r for r in dedup.greedy_mis(nodes, edges).collect()}
     ref = sequential_greedy(n, pairs)
+    # A small graph decided on the driver at once (no distributed round) gives the very same rows.
+    on_driver = {r.id: r[:4] for r in dedup.greedy_mis(nodes, edges, driver_max_edges=len(pairs)).collect()}
+    assert on_driver == {i: r[:4] for i, r in got.items()}  # (id, kept, kept_by, distance); similarity is NaN here
     assert set(got) == set(range(n))
     assert {i for i, r in got.items() if r.kept} == {i for i, k in ref.items() if k is None}
     assert {i: r.kept_by for i, r in got.items() if not r.kept} == {i: k for i, k in ref.items() if k is not None}

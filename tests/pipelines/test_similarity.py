@@ -101,3 +101,33 @@ def test_rejects_bad_input():
         sim.signature(np.zeros((32, 32, 2), np.uint8))
     with pytest.raises(ValueError):
         sim.similarities([b"\x00" * 8], [b"\x00" * 8])
+
+
+def test_corner_trimmed_ncc_equals_the_direct_masked_computation():
+    from pipelines.similarity import _CORNERS, _corner_trimmed, _unpack, signatures
+
+    rng = np.random.default_rng(3)
+    imgs = [rng.integers(0, 256, size=(32, 32), dtype=np.uint8) for _ in range(6)]
+    v = _unpack(signatures(imgs))[:, 0]
+    a, b = v[:3], v[3:]
+    want = []
+    for x, y in zip(a, b):
+        best = -1.0
+        for mask in _CORNERS:
+            xs, ys = x[~mask] - x[~mask].mean(), y[~mask] - y[~mask].mean()
+            best = max(best, float(xs @ ys / np.linalg.norm(xs) / np.linalg.norm(ys)))
+        want.append(best)
+    np.testing.assert_allclose(_corner_trimmed(a, b), want, atol=1e-5)
+
+
+def test_a_corner_mark_passes_the_same_change_in_the_middle_does_not():
+    from pipelines.similarity import DEFAULT_MIN_SIMILARITY, signature, similarity
+
+    rng = np.random.default_rng(4)
+    y, x = np.mgrid[0:64, 0:64]
+    base = (110 + 50 * np.sin(x / 5.0) * np.cos(y / 7.0) + rng.normal(0, 4, (64, 64))).clip(0, 255).astype(np.uint8)
+    corner, middle = base.copy(), base.copy()
+    corner[3:7, 40:60] = 255  # a white text-like bar 3 px from the top-right border
+    middle[30:34, 22:42] = 255
+    assert similarity(signature(base), signature(corner)) >= DEFAULT_MIN_SIMILARITY
+    assert similarity(signature(base), signature(middle)) < DEFAULT_MIN_SIMILARITY
