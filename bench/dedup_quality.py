@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     methods: dict[str, Callable[[Files], np.ndarray]] = {
         f"ours D={args.distance} sim>={args.min_similarity}": lambda f: ours(f, args.distance, args.min_similarity),
         f"old D={OLD_NEAR_DISTANCE} phash256<={OLD_VERIFY_DISTANCE}": old_rule,
-        f"phash10 (file, imagededup default)": phash_only,
+        "phash10 (file, imagededup default)": phash_only,
     }
     with tempfile.TemporaryDirectory(prefix="dedup-quality-") as tmp:
         root = Path(tmp)

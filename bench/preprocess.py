@@ -11,6 +11,12 @@ Prints images/s per core for each, and the ratios c/a and c/b. (c) runs twice, w
 + stage to Parquet) and for the whole job (listing, decode, [dedup], stats, writes, verification, commit), with
 the CPU per image split into Python workers, JVM and driver.
 Goal (issue 2/8): c >= 0.6 * a per core.
+
+    .venv/bin/python bench/preprocess.py --fixed-cost 1000 3000 10000
+
+Fixed cost per job (issue 5/9): the whole `imagegen preprocess` command, cold, as a user runs it (JVM and Spark
+start-up, listing, decode, dedup, writes, commit), timed at each N on the first N of one generated set; a line
+fitted to (N, seconds) gives the intercept (what a job costs before its first image) and the marginal rate.
 """
 from __future__ import annotations
 
@@ -120,6 +126,31 @@ def bare_loop(paths: list[Path], cfg: PreprocessConfig, batch: int = 32) -> tupl
     return rate
 
 
+def fixed_cost(paths: list[Path], sizes: list[int], resolution: int, master: str, work: Path) -> int:
+    """Wall seconds of the cold CLI at each N (dedup on, the defaults), and the fitted line."""
+    import subprocess
+
+    cli = Path(sys.executable).parent / "imagegen"
+    points = []
+    for n in sorted(sizes):
+        src, out = work / f"fc_src_{n}", work / f"fc_out_{n}"
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+        src.mkdir()
+        for p in paths[:n]:
+            os.link(p, src / p.name)  # same bytes, no copy
+        t0 = time.perf_counter()
+        subprocess.run([str(cli), "preprocess", str(src), "--output", str(out), "--resolution", str(resolution), "--master", master],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        points.append((n, time.perf_counter() - t0))
+        print(f"  N={n:>6}: {points[-1][1]:6.1f} s wall, {n / points[-1][1]:6.0f} img/s", flush=True)
+    ns, ts = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
+    slope, intercept = np.polyfit(ns, ts, 1)
+    print(f"fixed cost (intercept of time vs N over {[int(n) for n in ns]}): {intercept:.1f} s; marginal {1 / slope:.0f} img/s "
+          f"({1 / slope / os.cpu_count():.0f} per core); goal: intercept <= 8 s with dedup on; load average {os.getloadavg()[0]:.1f}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000)
@@ -133,7 +164,11 @@ def main() -> int:
                          "per-image CPU settles (64 images left it at ~2x its steady cost)")
     ap.add_argument("--arrow-batch-rows", type=int, default=None, help="PreprocessConfig.arrow_batch_rows (default: the config's)")
     ap.add_argument("--partitions", type=int, default=None, help="PreprocessConfig.partitions (default: 3 x cores)")
+    ap.add_argument("--fixed-cost", type=int, nargs="+", metavar="N",
+                    help="time the cold `imagegen preprocess` command at each N and fit intercept + marginal rate")
     args = ap.parse_args()
+    if args.fixed_cost:
+        args.n = max(args.n, *args.fixed_cost)
     cores = int(args.master[len("local["):-1]) if args.master.startswith("local[") and args.master[6:-1].isdigit() else os.cpu_count()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="imagegen-bench-"))
@@ -150,7 +185,9 @@ def main() -> int:
 
         for p in paths:  # warm the page cache so every contender reads from memory
             p.read_bytes()
-        a = decode_ceiling(paths, max(args.resolution, 32))
+        if args.fixed_cost:
+            return fixed_cost(paths, args.fixed_cost, args.resolution, args.master, work)
+        a = decode_ceiling(paths, max(2 * args.resolution, 32))  # the job decodes JPEGs to >= 2x the target
         b = bare_loop(paths, cfg)
 
         from pipelines import preprocess as job

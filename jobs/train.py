@@ -19,11 +19,7 @@ from typing import Any
 
 import yaml
 
-from training.config import Precision, TrainConfig
-from training.data import ReaderKind
-from training.dist import Backend
-from training.losses import GanLoss
-from training.models import ModelKind
+from training.config import Backend, GanLoss, ModelKind, Precision, ReaderKind, TrainConfig
 
 
 class Launcher(str, enum.Enum):
@@ -61,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta1", type=float, default=S)
     p.add_argument("--beta2", type=float, default=S)
     p.add_argument("--gan-loss", dest="gan_loss", choices=_values(GanLoss), default=S)
+    p.add_argument("--r1-gamma", dest="r1_gamma", type=float, default=S, help="R1 penalty weight (0: off)")
+    p.add_argument("--r1-every", dest="r1_every", type=int, default=S, help="lazy R1 interval in steps")
+    p.add_argument("--ms-weight", dest="ms_weight", type=float, default=S, help="mode-seeking weight in G's loss (0: off)")
+    p.add_argument("--mbstd-group", dest="mbstd_group", type=int, default=S, help="D minibatch-stddev group (0: off)")
     p.add_argument("--beta-kl", dest="beta_kl", type=float, default=S, help="VAE KL weight (beta-VAE)")
     p.add_argument("--z-dim", dest="z_dim", type=int, default=S)
     p.add_argument("--base-channels", dest="base_channels", type=int, default=S)
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-ckpts", dest="keep_ckpts", type=int, default=S)
     p.add_argument("--sample-every", dest="sample_every", type=int, default=S)
     p.add_argument("--num-samples", dest="num_samples", type=int, default=S)
-    p.add_argument("--log-every", dest="log_every", type=int, default=S)
+    p.add_argument("--log-every", dest="log_every", type=int, default=S, help="steps averaged into one metrics row")
+    p.add_argument("--progress", type=_bool, default=S, help="tqdm progress line on rank 0 (default true)")
     p.add_argument("--resume", default=S, help="none (default) | auto | PATH of a checkpoint")
     p.add_argument("--deterministic", type=_bool, default=S)
     p.add_argument("--debug-probe", dest="debug_probe", type=_bool, default=S, help="write RUN/probe/rank-<r>.json")

@@ -62,7 +62,7 @@ class VerifyMode(str, enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class DedupConfig:
     # --near-dup-distance D: pHash (64-bit) Hamming distance at or below which two images are near
-    # duplicates; 0 disables near-dup (exact only). Default from bench/dedup_threshold.py, see docs/dedup.md.
+    # duplicates; 0 disables near-dup (exact only). Default from bench/dedup_quality.py, see docs/dedup.md.
     near_distance: int = similarity.DEFAULT_NEAR_DISTANCE
     # Multi-index hashing bands m; None = choose_bands(N, D) (cost model). The radius is always D // m.
     bands: int | None = None

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import enum
 import os
 import queue
 import threading
@@ -73,6 +72,7 @@ from schemas import SCHEMA_VERSION, DatasetLayout, Manifest
 from schemas.pixels import PixelEncoding
 from schemas.pixels import decode_pixels as decode_pixel_row
 from schemas.uri import uri_to_path
+from training.config import ReaderKind  # defined with the rest of the configuration
 
 __all__ = [
     "Batch",
@@ -87,9 +87,6 @@ __all__ = [
 ]
 
 
-class ReaderKind(str, enum.Enum):
-    PETASTORM = "petastorm"
-    ARROW = "arrow"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,18 +16,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import enum
 import os
 from typing import Any, Iterator
 
 import torch
 
+from training.config import Backend  # defined with the rest of the configuration
 
-class Backend(str, enum.Enum):
-    AUTO = "auto"        # horovod if HOROVOD_RANK is set, ddp if torchrun's RANK/WORLD_SIZE are, else single
-    HOROVOD = "horovod"
-    DDP = "ddp"
-    SINGLE = "single"
+
 
 
 @dataclasses.dataclass(frozen=True)

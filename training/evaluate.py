@@ -26,11 +26,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from training import checkpoint, dist, features, models, sample
+from training import checkpoint, dist, features, losses, models, sample
 from training.data import from_model_output, to_model_input
 from training.dist import Backend
 from training.features import FeatureKind
@@ -148,17 +147,17 @@ def _coverage(real: torch.Tensor, fake: torch.Tensor, r_real: torch.Tensor, chun
 def vae_elbo_terms(vae: models.VAE, x: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per image (B,): the ELBO in nats and the posterior-mean reconstruction SSE, x in [-1, 1].
 
-    The training loss (training/losses.py) is SSE + KL, which is -ELBO up to a constant for a Gaussian decoder
-    p(x|z) = N(decode(z), sigma^2 I) with sigma^2 = 1/2 on the [-1, 1] scale (SSE / (2 sigma^2) = SSE). So
-    log p(x|z) = -SSE - (D / 2) log(2 pi sigma^2) = -SSE - (D / 2) log(pi), and
-    ELBO = log p(x|z) at z = mu + sigma * eps (one sample) - KL(q(z|x) || N(0, I)), with D = C*H*W."""
+    The decoder is p(x|z) = N(decode(z), sigma^2 I) on the [-1, 1] scale with the VAE's own scale
+    ``vae.log_sigma`` (training/losses.py: the calibrated decoder, sigma^2 = 1/2 in checkpoints from before it). So
+    log p(x|z) = -SSE / (2 sigma^2) - (D / 2) log(2 pi sigma^2), and
+    ELBO = log p(x|z) at z = mu + sigma_z * eps (one sample) - KL(q(z|x) || N(0, I)), with D = C*H*W."""
     mu, logvar = vae.encode(x)
-    d = x[0].numel()
-    sse = (vae.decode(vae.reparameterize(mu, logvar, eps)).float() - x).pow(2).flatten(1).sum(1)
+    nll = losses.gaussian_nll(x, vae.decode(vae.reparameterize(mu, logvar, eps)).float(), vae.log_sigma.float())
     kl = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(1)
-    elbo = -sse - 0.5 * d * math.log(math.pi) - kl
+    elbo = -nll - kl
     recon_sse = (vae.decode(mu).float() - x).pow(2).flatten(1).sum(1)
-    return {"elbo": elbo.double(), "recon_sse": recon_sse.double(), "kl": kl.double()}
+    sigma = vae.log_sigma.float().exp().expand(x.shape[0])
+    return {"elbo": elbo.double(), "recon_sse": recon_sse.double(), "kl": kl.double(), "sigma": sigma.double()}
 
 
 def bits_per_dim(elbo_nats: float, dims: int) -> float:
@@ -344,7 +343,8 @@ def _metrics(cfg, ckpt, payload, spec, pool, n, ext, domain, ref, ref_path, ref_
         res["vae"] = {
             "elbo_nats": elbo, "bits_per_dim": bits_per_dim(elbo, d), "kl_nats": float(vae_rows["kl"].mean()),
             "recon_mse": float(vae_rows["recon_sse"].mean() / d), "dims": d, "images": n,
-            "likelihood": "Gaussian decoder, sigma^2 = 1/2 on the [-1, 1] pixel scale (loss = SSE + KL); one posterior "
+            "decoder_sigma": float(vae_rows["sigma"][0]),
+            "likelihood": "Gaussian decoder N(decode(z), sigma^2 I) on the [-1, 1] pixel scale, sigma = decoder_sigma; one posterior "
                           "sample per image; bits/dim on the 8-bit scale; recon_mse = per-pixel MSE of decode(mu) on [-1, 1]",
             "split": "A (rows the VAE trained on)" if res["same_dataset"] else "A (another dataset than the checkpoint's)",
         }

@@ -10,8 +10,14 @@ Architecture (pytorch/examples DCGAN, with choices known to stabilise GAN traini
 - G: z -> 4x4 by a transposed conv, then log2(R/4) stride-2 transposed convs (4x4 kernels) halving the
   channels each time; BatchNorm + ReLU inside, tanh out. Channels at 4x4 are base * 2^(n-1), n = log2(R/4).
 - D: the mirror image with stride-2 convs and LeakyReLU(0.2), spectral norm on every conv/linear (Miyato
-  et al. 2018) instead of BatchNorm, so D's output for one image does not depend on the rest of the batch
-  (real and fake can go through D in one concatenated forward).
+  et al. 2018) instead of BatchNorm. Before the last conv, a minibatch-stddev channel (Karras et al. 2018):
+  the mean standard deviation of the features over a group of ``mbstd_group`` images, which lets D see a
+  batch that lacks variety, the signature of mode collapse. Groups are CONSECUTIVE images and their size
+  divides half the batch, so when real and fake go through D in one concatenated forward [real; fake] no
+  group mixes the two.
+- The EMA generator's BatchNorm statistics are re-estimated from its own outputs before it is used
+  (:func:`standing_stats`, BigGAN's "standing statistics"): G's running statistics belong to G's weights,
+  not to their average, and copying them made the EMA samples washed out.
 - Conditional: G gets a learned label embedding (z_dim wide) concatenated to z; D is a projection
   discriminator (Miyato & Koyama 2018): logit += <embed(y), pooled features>. Labels are label_index;
   -1 (row without a label) maps to an extra "unlabelled" class, index num_classes.
@@ -19,7 +25,6 @@ Architecture (pytorch/examples DCGAN, with choices known to stabilise GAN traini
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 
 import torch
@@ -27,12 +32,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from schemas.images import TRAINABLE_RESOLUTIONS as SUPPORTED_RESOLUTIONS  # the contract: preprocess refuses others
-
-
-class ModelKind(str, enum.Enum):
-    DCGAN = "dcgan"
-    CDCGAN = "cdcgan"  # class-conditional DCGAN (label_index)
-    VAE = "vae"
+from training.config import ModelKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,7 @@ class ModelSpec:
     z_dim: int = 100
     base_channels: int = 64  # ngf/ndf of the DCGAN paper
     num_classes: int = 0     # used by CDCGAN only
+    mbstd_group: int = 0     # D's minibatch-stddev group size (0: no such layer; checkpoints from before it)
 
     def __post_init__(self) -> None:
         if self.resolution not in SUPPORTED_RESOLUTIONS:
@@ -62,6 +63,28 @@ def _map_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     if labels.numel() and (int(labels.max()) >= num_classes or int(labels.min()) < -1):
         raise ValueError(f"labels must be in [-1, {num_classes - 1}], got [{int(labels.min())}, {int(labels.max())}]")
     return torch.where(labels < 0, torch.full_like(labels, num_classes), labels)
+
+
+def _mbstd_group(n: int, group: int) -> int:
+    """The group size used for a batch of n: the largest g <= group dividing n / 2 (n even) or n (n odd)."""
+    half = n // 2 if n % 2 == 0 else n
+    return max(g for g in range(1, min(group, half) + 1) if half % g == 0)
+
+
+class MinibatchStd(nn.Module):
+    """(B, C, H, W) -> (B, C + 1, H, W): appends the mean feature std over each group of consecutive images."""
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = _mbstd_group(b, self.group)
+        y = x.float().reshape(b // g, g, c, h, w)
+        y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B/g,)
+        y = y.repeat_interleave(g).reshape(b, 1, 1, 1).expand(b, 1, h, w)
+        return torch.cat([x, y.to(x.dtype)], dim=1)
 
 
 def init_dcgan_weights(m: nn.Module) -> None:
@@ -123,14 +146,15 @@ class Discriminator(nn.Module):
         self.spec = spec
         self.conditional = spec.kind == ModelKind.CDCGAN
         self.features, ch = _down_stack(spec, sn=True)
-        self.out = spectral_norm(nn.Conv2d(ch, 1, 4, 1, 0))  # 4x4 -> 1x1
+        self.mbstd = MinibatchStd(spec.mbstd_group) if spec.mbstd_group > 0 else nn.Identity()
+        self.out = spectral_norm(nn.Conv2d(ch + (spec.mbstd_group > 0), 1, 4, 1, 0))  # 4x4 -> 1x1
         if self.conditional:
             self.embed = spectral_norm(nn.Embedding(spec.num_classes + 1, ch))
         # No DCGAN re-init here: spectral norm rescales the weights anyway (PyTorch's default init is kept).
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(x)
-        logit = self.out(h).flatten(1).squeeze(1)
+        logit = self.out(self.mbstd(h)).flatten(1).squeeze(1)
         if self.conditional:
             if labels is None:
                 raise ValueError("the conditional discriminator needs labels")
@@ -140,11 +164,14 @@ class Discriminator(nn.Module):
 
 
 class VAE(nn.Module):
-    """Gaussian latent N(0, I), diagonal Gaussian posterior, decoder output in [-1, 1] (tanh)."""
+    """Gaussian latent N(0, I), diagonal Gaussian posterior, Gaussian decoder N(decode(z), sigma^2 I) with mean in
+    [-1, 1] (tanh) and one scale ``log_sigma`` (a buffer: the running average of the batch maximum-likelihood
+    value during training, see training/losses.py; it is what the ELBO of training/evaluate.py uses)."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
+        self.register_buffer("log_sigma", torch.tensor(0.5 * math.log(0.5)))  # sigma^2 = 1/2: the old fixed decoder
         self.encoder, ch = _down_stack(spec, sn=False)
         self.to_stats = nn.Linear(ch * 16, 2 * spec.z_dim)  # -> (mu, logvar)
         self.decoder = _up_stack(spec.z_dim, spec)
@@ -169,6 +196,31 @@ class VAE(nn.Module):
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.decode(z)
+
+
+@torch.no_grad()
+def standing_stats(g: nn.Module, spec: ModelSpec, device: torch.device, batches: int = 8, batch: int = 128, seed: int = 0) -> None:
+    """Re-estimate the BatchNorm running statistics of generator `g` as exact averages over `batches` forward
+    passes in train mode (latents from a CPU generator seeded with `seed`; labels cycling through the classes),
+    then leave `g` in the mode it was in. No-op for a network without BatchNorm."""
+    bns = [m for m in g.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        return
+    was, momenta = g.training, [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = the exact mean over the passes below
+    gen = torch.Generator().manual_seed(seed)
+    g.train()
+    try:
+        for _ in range(batches):
+            z = torch.randn(batch, spec.z_dim, generator=gen).to(device)
+            labels = (torch.randperm(batch, generator=gen) % spec.num_classes).to(device) if spec.kind == ModelKind.CDCGAN else None
+            g(z, labels)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        g.train(was)
 
 
 def build(spec: ModelSpec) -> dict[str, nn.Module]:

@@ -73,7 +73,10 @@ def load_sampler(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     name = "V" if spec.kind == models.ModelKind.VAE else "G"
     key = "G_ema" if name == "G" and "G_ema" in payload["models"] else name
     net = nets[name]
-    net.load_state_dict(payload["models"][key])
+    state = dict(payload["models"][key])
+    if name == "V":  # checkpoints from before the calibrated decoder: the fixed sigma^2 = 1/2 they were trained with
+        state.setdefault("log_sigma", net.state_dict()["log_sigma"])
+    net.load_state_dict(state)
     classes = list(payload.get("classes", [str(i) for i in range(spec.num_classes)]))
     return spec, net.to(device).eval(), classes
 

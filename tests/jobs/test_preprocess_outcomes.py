@@ -13,7 +13,6 @@ from jobs.corpus import load_mnist
 from jobs.preprocess import main
 from pipelines.config import ChannelMode, LabelMode, PreprocessConfig
 from pipelines.preprocess import NothingWrittenError, run_preprocess
-from schemas.layout import Manifest
 from schemas.pixels import decode_pixels
 from tests.conftest import REPO
 from tests.pipelines.imagefactory import encode, photo_like

@@ -102,7 +102,7 @@ def test_variants_removed_distinct_kept(spark, rows):
 
 
 def test_phash_matches_the_pipeline_and_imagehash():
-    """The `phash` our tests and bench/dedup_threshold.py compute is the one the decode stage stores."""
+    """The `phash` our tests compute is the one the decode stage stores (imagehash bit for bit)."""
     import imagehash
 
     from pipelines.phash import hex_to_int64

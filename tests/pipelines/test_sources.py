@@ -313,21 +313,6 @@ def test_a_directory_that_cannot_be_listed_is_one_read_error_row(spark, tmp_path
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions (see the ENAMETOOLONG test)")
-def test_a_directory_without_permission_is_one_read_error_row(spark, tmp_path):
-    root = tmp_path / "in"
-    (root / "locked").mkdir(parents=True)
-    (root / "locked" / "x.jpg").write_bytes(_jpeg(1))
-    (root / "ok.jpg").write_bytes(_jpeg(2))
-    os.chmod(root / "locked", 0)
-    try:
-        rows = {r["source_uri"]: r for r in _listing(spark, [root], 1)}
-        assert set(rows) == {f"file:{root}/ok.jpg", f"file:{root}/locked"}
-        assert "PermissionError" in rows[f"file:{root}/locked"]["source_error"]
-    finally:
-        os.chmod(root / "locked", 0o755)
-
-
 def test_uri_list_entries_are_literal_paths(spark, tmp_path):
     (tmp_path / "a[1].png").write_bytes(_jpeg(1))
     (tmp_path / "a1.png").write_bytes(_jpeg(2))  # what the glob a[1].png would match

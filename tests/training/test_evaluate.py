@@ -78,14 +78,21 @@ def test_vae_elbo_matches_hand_computed_gaussian_likelihood():
         mu, logvar = vae.encode(x)
         sigma = torch.exp(0.5 * logvar)
         recon = vae.decode(mu + sigma * eps)
-    # The decoder the training loss implies: N(recon, 1/2) per pixel; prior N(0, 1); posterior N(mu, sigma).
+    # The decoder of a fresh VAE (and of checkpoints from before the calibrated decoder): N(recon, 1/2) per pixel.
     log_px = torch.distributions.Normal(recon.double(), math.sqrt(0.5)).log_prob(x.double()).flatten(1).sum(1)
     kl = torch.distributions.kl_divergence(torch.distributions.Normal(mu.double(), sigma.double()),
                                            torch.distributions.Normal(0.0, 1.0)).sum(1)
     assert torch.allclose(got["elbo"], log_px - kl, rtol=1e-5)
-    # The training loss (SSE + KL) is -ELBO minus the constant (D / 2) log(pi).
+    # With sigma^2 = 1/2, SSE + KL is -ELBO minus the constant (D / 2) log(pi).
     sse = (recon - x).pow(2).flatten(1).sum(1).double()
     assert torch.allclose(-got["elbo"], sse + kl + 0.5 * 1024 * math.log(math.pi), rtol=1e-5)
+    # The VAE's own (calibrated) decoder scale is the one the ELBO uses.
+    vae.log_sigma.fill_(math.log(0.2))
+    with torch.no_grad():
+        got = vae_elbo_terms(vae, x, eps)
+    log_px = torch.distributions.Normal(recon.double(), 0.2).log_prob(x.double()).flatten(1).sum(1)
+    assert torch.allclose(got["elbo"], log_px - kl, rtol=1e-5)
+    assert torch.allclose(got["sigma"], torch.full((2,), 0.2, dtype=torch.float64))
     # bits/dim on the 8-bit scale: the density of x_256 = (x + 1) * 127.5 is p(x) / 127.5^D.
     assert bits_per_dim(-1024 * math.log(2) * 3 + 1024 * math.log(127.5), 1024) == pytest.approx(3.0)
 

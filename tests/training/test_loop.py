@@ -2,8 +2,10 @@
 its outputs; mixed precision / channels_last paths run on CPU; resume is exact; bad resumes fail clearly."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from PIL import Image
 from tests.training.conftest import write_digits_dataset
 from training import checkpoint
 from training.config import TrainConfig
-from training.loop import train
+from training.loop import ema_decay_at, phases_for, train, truncate_metrics
 
 TINY = dict(batch_size=8, base_channels=8, z_dim=16, num_samples=16, backend="single")
 
@@ -147,3 +149,72 @@ def test_petastorm_reader_trains(tiny_dataset: Path, tmp_path: Path) -> None:
                       sample_every=0, log_every=1, **TINY)
     result = train(cfg)
     assert result.step == 2 and all(math.isfinite(result.metrics[k]) for k in ("loss", "recon", "kl"))
+
+
+def test_defaults_are_the_measured_recipe(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The defaults docs/quality.md measured: hinge, lazy R1 every 16 steps, minibatch stddev in D, EMA with warm-up,
+    Adam(2e-4, (0.5, 0.999)), width 32, and the loop really runs those phases."""
+    cfg = TrainConfig(data="x")
+    assert (cfg.gan_loss.value, cfg.r1_gamma, cfg.r1_every, cfg.mbstd_group) == ("hinge", 0.1, 16, 4)
+    assert (cfg.lr_g, cfg.lr_d, cfg.beta1, cfg.beta2, cfg.ema_decay, cfg.base_channels) == (2e-4, 2e-4, 0.5, 0.999, 0.999, 32)
+    assert [(p.name, p.opt, p.interval) for p in phases_for(cfg)] == [("D", "D", 1), ("Dreg", "D", 16), ("G", "G", 1)]
+    assert [p.name for p in phases_for(dataclasses.replace(cfg, r1_gamma=0.0))] == ["D", "G"]
+    assert [p.name for p in phases_for(dataclasses.replace(cfg, model="vae"))] == ["V"]
+    assert ema_decay_at(cfg, 0) == pytest.approx(0.1) and ema_decay_at(cfg, 10**6) == 0.999
+
+    run = tmp_path / "run"
+    result = train(TrainConfig(data=str(tiny_dataset), run_dir=str(run), model="cdcgan", steps=17, log_every=16,
+                               sample_every=0, **TINY))
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == [16, 17]
+    assert "r1" in rows[0] and rows[0]["r1"] > 0  # step 0 is a regularisation step
+    assert "r1" in rows[1]  # ... and step 16
+    assert rows[0]["lr_D"] == pytest.approx(2e-4 * 16 / 17)  # lazy regularisation adjusts D's Adam (StyleGAN2)
+    ck = checkpoint.load(result.checkpoint)
+    assert ck["model_spec"]["mbstd_group"] == 4
+    assert ck["optimizers"]["D"]["param_groups"][0]["betas"][0] == pytest.approx(0.5 ** (16 / 17))
+    # The EMA generator's BatchNorm statistics are its own (standing statistics), not a copy of G's.
+    ema, g = ck["models"]["G_ema"], ck["models"]["G"]
+    assert not torch.equal(ema["net.1.running_mean"], g["net.1.running_mean"])
+
+
+def test_metrics_are_interval_means(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A row is the mean of its interval's steps (EDM training_stats), not the last step: the same seeded run logged
+    every step and every 3 steps gives rows that are the means of the per-step rows."""
+    common = dict(data=str(tiny_dataset), model="vae", steps=6, sample_every=0, deterministic=True, **TINY)
+    train(TrainConfig(run_dir=str(tmp_path / "every"), log_every=1, **common))
+    result = train(TrainConfig(run_dir=str(tmp_path / "three"), log_every=3, **common))
+    every, three = _rows(tmp_path / "every"), _rows(tmp_path / "three")
+    assert [r["step"] for r in three] == [3, 6] and all(r["steps"] == 3 for r in three)
+    for i, row in enumerate(three):
+        for k in ("loss", "recon", "kl", "sigma"):
+            assert row[k] == pytest.approx(sum(r[k] for r in every[3 * i:3 * i + 3]) / 3, rel=1e-9), k
+    assert three[-1]["loss"] != every[-1]["loss"]
+    assert result.metrics["loss"] == three[-1]["loss"]
+
+
+def test_progress_line_shows_step_losses_rate_and_eta(tiny_dataset: Path, tmp_path: Path, capfd) -> None:
+    train(TrainConfig(data=str(tiny_dataset), run_dir=str(tmp_path / "run"), model="dcgan", steps=4, log_every=2,
+                      sample_every=0, progress=True, **TINY))
+    err = capfd.readouterr().err
+    assert "4/4" in err and "loss_d=" in err and "loss_g=" in err and "img/s=" in err
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", err)  # tqdm's [elapsed<remaining]: the ETA
+    train(TrainConfig(data=str(tiny_dataset), run_dir=str(tmp_path / "quiet"), model="dcgan", steps=2, sample_every=0,
+                      progress=False, **TINY))
+    assert "loss_d=" not in capfd.readouterr().err
+
+
+def test_resume_does_not_repeat_metric_rows(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A run that logged past its last checkpoint and died: the resumed run rewrites those rows, once each."""
+    run = tmp_path / "run"
+    common = dict(data=str(tiny_dataset), run_dir=str(run), model="dcgan", ckpt_every=2, keep_ckpts=0, sample_every=0,
+                  log_every=1, **TINY)
+    train(TrainConfig(steps=4, **common))
+    checkpoint.path_for(run, 4).unlink()  # as if it died after logging step 4 but before its checkpoint
+    checkpoint.path_for(run, 4).with_name(checkpoint.path_for(run, 4).name + ".sha256").unlink(missing_ok=True)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "loss_d"')  # and a torn last line
+    result = train(TrainConfig(steps=6, resume="auto", **common))
+    assert result.resumed_from == str(checkpoint.path_for(run, 2))
+    assert [r["step"] for r in _rows(run)] == [1, 2, 3, 4, 5, 6]
+    assert truncate_metrics(run / "metrics.jsonl", 6) == 0

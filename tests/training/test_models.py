@@ -92,7 +92,57 @@ def test_vae_terms_match_torch_distributions() -> None:
     g = torch.Generator().manual_seed(2)
     x, recon = torch.rand(4, 3, 8, 8, generator=g), torch.rand(4, 3, 8, 8, generator=g)
     mu, logvar = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
-    rec, kl = losses.vae_terms(x, recon, mu, logvar)
-    assert torch.allclose(rec, F.mse_loss(recon, x, reduction="sum") / 4)
+    nll, kl, log_sigma = losses.vae_terms(x, recon, mu, logvar)
+    sigma = F.mse_loss(recon, x).sqrt()  # the calibrated decoder: sigma^2 = the batch's per-pixel MSE
+    assert torch.allclose(log_sigma.exp(), sigma)
+    ref_nll = -Normal(recon, sigma).log_prob(x).flatten(1).sum(1).mean()
+    assert torch.allclose(nll, ref_nll, rtol=1e-5)
     ref_kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(1).mean()
     assert torch.allclose(kl, ref_kl, atol=1e-5)
+    # a perfect reconstruction does not give an infinite likelihood: sigma is floored
+    _, _, floored = losses.vae_terms(x, x, mu, logvar)
+    assert floored.item() == pytest.approx(losses.MIN_LOG_SIGMA)
+
+
+def test_r1_penalty_is_the_squared_input_gradient() -> None:
+    w = torch.randn(1, 3, 4, 4)
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    logits = (x * w).flatten(1).sum(1) ** 2 / 2  # grad_x = logit' * w = (x . w) w
+    got = losses.r1_penalty(x, logits)
+    dots = (x * w).flatten(1).sum(1)
+    assert torch.allclose(got, (dots ** 2 * w.pow(2).sum()).mean())
+    got.backward()  # create_graph: the penalty itself is differentiable (R1 trains D through it)
+    assert x.grad is not None
+
+
+def test_minibatch_stddev_groups_never_mix_real_and_fake() -> None:
+    """D sees [real; fake] in one forward: a group's statistic must come from one half only."""
+    layer = models.MinibatchStd(group=4)
+    real, fake = torch.randn(8, 2, 4, 4), torch.randn(8, 2, 4, 4) * 5
+    both = layer(torch.cat([real, fake]))
+    assert both.shape == (16, 3, 4, 4)
+    assert torch.equal(both[:8, 2], layer(torch.cat([real, real]))[:8, 2])  # real half unchanged by the fake half
+    assert torch.equal(both[8:, 2], layer(torch.cat([fake, fake]))[8:, 2])
+    assert (both[8:, 2].mean() > 3 * both[:8, 2].mean()).item()
+    assert [models._mbstd_group(n, 4) for n in (16, 12, 6, 2, 1, 7)] == [4, 3, 3, 1, 1, 1]
+    spec = ModelSpec(ModelKind.CDCGAN, 32, 1, z_dim=8, base_channels=4, num_classes=10, mbstd_group=4)
+    d = models.Discriminator(spec)
+    assert d(torch.randn(8, 1, 32, 32), torch.arange(8)).shape == (8,)
+
+
+def test_standing_stats_are_the_generators_own_batch_statistics() -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec(ModelKind.CDCGAN, 32, 1, z_dim=8, base_channels=4, num_classes=10)
+    g = models.Generator(spec).eval()
+    models.standing_stats(g, spec, torch.device("cpu"), batches=4, batch=32, seed=3)
+    assert not g.training
+    bn = g.net[1]  # the first BatchNorm, after the 4x4 transposed conv
+    gen = torch.Generator().manual_seed(3)
+    acts = []
+    for _ in range(4):
+        z = torch.randn(32, 8, generator=gen)
+        labels = torch.randperm(32, generator=gen) % 10
+        h = torch.cat([z, g.embed(labels)], 1)[:, :, None, None]
+        acts.append(g.net[0](h).detach())
+    assert torch.allclose(bn.running_mean, torch.stack([a.mean(dim=(0, 2, 3)) for a in acts]).mean(0), atol=1e-5)
+    assert bn.momentum == 0.1  # restored
