@@ -492,6 +492,7 @@ def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | N
     grouped = _checkpoint(exact_groups(ranked))
     # Near-dup nodes: group representatives plus every earlier-run image (always kept).
     nodes = grouped.filter((F.col("id") == F.col("grp")) | F.col("is_prev")).select("id", "phash", (~F.col("is_prev")).alias("query"))
+    edges: DataFrame | None = None  # the similarity graph: (src, dst, distance, similarity)
     if config.near_distance > 0:
         n_query = nodes.filter(F.col("query")).count()
         n_index = nodes.count()
@@ -499,7 +500,7 @@ def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | N
         edges = candidate_pairs(nodes, config.near_distance, bands, config.near_distance // bands,
                                 config.hot_bucket_cap, config.broadcast_max_rows)
         edges = _checkpoint(edges)
-        if config.verify is VerifyMode.PIXELS:
+        if config.verify is VerifyMode.PIXELS and not edges.isEmpty():
             # Only the images in a candidate pair are decoded: filter the pixel rows by a (usually small,
             # broadcast) table of their URIs instead of shuffling every image's pixels into a join.
             ends = edges.select(F.col("src").alias("id")).unionByName(edges.select(F.col("dst").alias("id"))).distinct()
@@ -513,8 +514,9 @@ def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | N
             edges = _checkpoint(verify(edges, px, config.min_similarity))
         else:
             edges = edges.withColumn("similarity", F.lit(float("nan")).cast("float"))
+    if edges is not None and not edges.isEmpty():
         decisions = greedy_mis(nodes.select("id"), edges, config.max_rounds, config.fallback_max_edges, config.driver_max_edges)
-    else:
+    else:  # no near pair (most small runs): every node is kept, no graph to decide
         decisions = nodes.select("id", F.lit(True).alias("kept"), F.lit(None).cast("long").alias("kept_by"),
                                  F.lit(None).cast("int").alias("distance"), F.lit(None).cast("float").alias("similarity"))
 
