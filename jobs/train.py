@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=S, help="total training steps")
     g.add_argument("--epochs", type=int, default=S, help="total epochs (default: 1 when neither is given)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=S, help="per-rank batch size")
-    p.add_argument("--lr", type=float, default=S, help="sets both --lr-g and --lr-d")
-    p.add_argument("--lr-g", dest="lr_g", type=float, default=S, help="generator / VAE learning rate")
+    p.add_argument("--lr", type=float, default=S, help="sets --lr-g, --lr-d and --lr-vae")
+    p.add_argument("--lr-g", dest="lr_g", type=float, default=S, help="generator learning rate")
+    p.add_argument("--lr-vae", dest="lr_vae", type=float, default=S, help="VAE learning rate")
     p.add_argument("--lr-d", dest="lr_d", type=float, default=S, help="discriminator learning rate")
     p.add_argument("--lr-scale-with-world", dest="lr_scale_with_world", type=_bool, default=S, help="multiply lrs by world size")
     p.add_argument("--beta1", type=float, default=S)
@@ -98,6 +99,7 @@ def config_from_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
         lr = flags.pop("lr")
         flags.setdefault("lr_g", lr)
         flags.setdefault("lr_d", lr)
+        flags.setdefault("lr_vae", lr)
     if "steps" in flags:
         values.pop("epochs", None)
     if "epochs" in flags:

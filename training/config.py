@@ -63,18 +63,20 @@ class TrainConfig:
     steps: int | None = None                 # total optimizer steps (D+G counts as one); exclusive with epochs
     epochs: int | None = None                # total epochs; neither given: one epoch
     batch_size: int = 64                     # per rank; global batch = batch_size * world size
-    lr_g: float = 2e-4                       # generator (GAN) or whole VAE learning rate
-    lr_d: float = 2e-4                       # discriminator learning rate
+    lr_g: float = 1e-4                       # generator learning rate
+    lr_d: float = 4e-4                       # discriminator learning rate (TTUR: 4x G's, as in SAGAN / BigGAN)
+    lr_vae: float = 1e-3                     # VAE learning rate (Adam with its default betas 0.9, 0.999)
     lr_scale_with_world: bool = False        # multiply both learning rates by the world size (linear scaling rule)
-    beta1: float = 0.5                       # Adam betas (DCGAN: 0.5, 0.999)
-    beta2: float = 0.999
+    beta1: float = 0.0                       # GANs' Adam betas (SAGAN 0, 0.9; BigGAN 0, 0.999; DCGAN 0.5, 0.999)
+    beta2: float = 0.99
     gan_loss: GanLoss = GanLoss.HINGE
     r1_gamma: float = 0.1                    # GANs: R1 penalty gamma/2 * |grad D(real)|^2 (0: off)
     r1_every: int = 16                       # lazy R1: every N steps, weighted by N (StyleGAN2); Adam of D adjusted
-    ms_weight: float = 1.0                   # GANs: mode-seeking term (Mao et al. 2019) in G's loss (0: off)
+    ms_weight: float = 0.1                   # GANs: mode-seeking term (Mao et al. 2019) in G's loss (0: off)
     mbstd_group: int = 4                     # D: minibatch-stddev over groups of this many images (0: off)
     beta_kl: float = 1.0                     # VAE: weight of the KL term (beta-VAE)
-    z_dim: int = 100
+    z_dim: int | None = None                 # latent size; None: 100 for GANs (DCGAN), 16 for the VAE (a VAE with 100
+                                             # latents and a sharp decoder leaves holes in the prior: squiggles, quality.md)
     base_channels: int = 32                  # G and D width (DCGAN: 64); 32 trains 3-4x faster on a CPU (docs/quality.md)
     ema_decay: float = 0.999                 # generator EMA per step (GANs), reached after a warm-up:
                                              # decay_t = min(ema_decay, (1 + t) / (10 + t)); 0 copies G
@@ -114,8 +116,15 @@ class TrainConfig:
             raise ValueError(f"ms_weight must be >= 0, got {self.ms_weight}")
         if self.mbstd_group < 0:
             raise ValueError(f"mbstd_group must be >= 0, got {self.mbstd_group}")
+        if self.z_dim is not None and self.z_dim < 1:
+            raise ValueError(f"z_dim must be >= 1, got {self.z_dim}")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+
+    @property
+    def latent_dim(self) -> int:
+        """z_dim, or its default for the model."""
+        return self.z_dim if self.z_dim is not None else (16 if self.model == ModelKind.VAE else 100)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: enums as their values."""

@@ -35,7 +35,6 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -170,7 +169,7 @@ def _training_loop(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> TrainResu
     total = cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * spe
     global_batch = cfg.batch_size * world
     spec = models.ModelSpec(
-        kind=cfg.model, resolution=manifest.resolution, channels=manifest.channels, z_dim=cfg.z_dim,
+        kind=cfg.model, resolution=manifest.resolution, channels=manifest.channels, z_dim=cfg.latent_dim,
         base_channels=cfg.base_channels, num_classes=len(manifest.classes),
         mbstd_group=cfg.mbstd_group if cfg.model != ModelKind.VAE else 0,
     )
@@ -192,11 +191,10 @@ def _training_loop(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> TrainResu
         n.to(device, memory_format=layout if channels_last else torch.preserve_format).train()
     scale = world if cfg.lr_scale_with_world else 1
     reg_interval = {"D": cfg.r1_every} if is_gan and cfg.r1_gamma > 0 else {}
-    opt = {
-        k: dist.wrap_optimizer(_adam(n.parameters(), (cfg.lr_d if k == "D" else cfg.lr_g) * scale, (cfg.beta1, cfg.beta2),
-                                     reg_interval.get(k)), n, f"{k}.")
-        for k, n in nets.items()
-    }
+    base_lr = {"G": cfg.lr_g, "D": cfg.lr_d, "V": cfg.lr_vae}
+    betas = {"G": (cfg.beta1, cfg.beta2), "D": (cfg.beta1, cfg.beta2), "V": (0.9, 0.999)}
+    opt = {k: dist.wrap_optimizer(_adam(n.parameters(), base_lr[k] * scale, betas[k], reg_interval.get(k)), n, f"{k}.")
+           for k, n in nets.items()}
     lr = {k: o.param_groups[0]["lr"] for k, o in opt.items()}  # after the lazy-regularisation adjustment
     raw: dict[str, nn.Module] = dict(nets)  # unwrapped networks (checkpoints, EMA, frozen-D forward)
     if is_gan:

@@ -34,7 +34,7 @@ def test_directory_of_pngs_and_seed(runs: dict[str, Path], tmp_path: Path) -> No
     files = sorted((tmp_path / "a").glob("*.png"))
     assert len(files) == 5
     imgs = {d: [np.asarray(Image.open(tmp_path / d / f.name)) for f in files] for d in "abc"}
-    assert imgs["a"][0].shape == (32, 32, 3) and imgs["a"][0].dtype == np.uint8
+    assert imgs["a"][0].shape == (32, 32) and imgs["a"][0].dtype == np.uint8  # grey digits: 1 channel, PNG mode L
     assert all(np.array_equal(x, y) for x, y in zip(imgs["a"], imgs["b"]))  # run dir -> its newest checkpoint
     assert not all(np.array_equal(x, y) for x, y in zip(imgs["a"], imgs["c"]))  # another seed, other images
 

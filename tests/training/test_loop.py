@@ -152,11 +152,12 @@ def test_petastorm_reader_trains(tiny_dataset: Path, tmp_path: Path) -> None:
 
 
 def test_defaults_are_the_measured_recipe(tiny_dataset: Path, tmp_path: Path) -> None:
-    """The defaults docs/quality.md measured: hinge, lazy R1 every 16 steps, minibatch stddev in D, EMA with warm-up,
-    Adam(2e-4, (0.5, 0.999)), width 32, and the loop really runs those phases."""
+    """The defaults docs/quality.md measured: hinge, lazy R1 every 16 steps, minibatch stddev in D, mode seeking in G,
+    TTUR Adam (G 1e-4, D 4e-4, betas (0, 0.99)), EMA with warm-up, width 32, and the loop really runs those phases."""
     cfg = TrainConfig(data="x")
-    assert (cfg.gan_loss.value, cfg.r1_gamma, cfg.r1_every, cfg.mbstd_group) == ("hinge", 0.1, 16, 4)
-    assert (cfg.lr_g, cfg.lr_d, cfg.beta1, cfg.beta2, cfg.ema_decay, cfg.base_channels) == (2e-4, 2e-4, 0.5, 0.999, 0.999, 32)
+    assert (cfg.gan_loss.value, cfg.r1_gamma, cfg.r1_every, cfg.mbstd_group, cfg.ms_weight) == ("hinge", 0.1, 16, 4, 0.1)
+    assert (cfg.lr_g, cfg.lr_d, cfg.beta1, cfg.beta2, cfg.ema_decay, cfg.base_channels) == (1e-4, 4e-4, 0.0, 0.99, 0.999, 32)
+    assert cfg.lr_vae == 1e-3 and cfg.latent_dim == 100 and dataclasses.replace(cfg, model="vae").latent_dim == 16
     assert [(p.name, p.opt, p.interval) for p in phases_for(cfg)] == [("D", "D", 1), ("Dreg", "D", 16), ("G", "G", 1)]
     assert [p.name for p in phases_for(dataclasses.replace(cfg, r1_gamma=0.0))] == ["D", "G"]
     assert [p.name for p in phases_for(dataclasses.replace(cfg, model="vae"))] == ["V"]
@@ -169,10 +170,12 @@ def test_defaults_are_the_measured_recipe(tiny_dataset: Path, tmp_path: Path) ->
     assert [r["step"] for r in rows] == [16, 17]
     assert "r1" in rows[0] and rows[0]["r1"] > 0  # step 0 is a regularisation step
     assert "r1" in rows[1]  # ... and step 16
-    assert rows[0]["lr_D"] == pytest.approx(2e-4 * 16 / 17)  # lazy regularisation adjusts D's Adam (StyleGAN2)
+    assert rows[0]["lr_D"] == pytest.approx(4e-4 * 16 / 17)  # lazy regularisation adjusts D's Adam (StyleGAN2)
+    assert rows[0]["lr_G"] == pytest.approx(1e-4) and rows[0]["ms"] > 0
     ck = checkpoint.load(result.checkpoint)
     assert ck["model_spec"]["mbstd_group"] == 4
-    assert ck["optimizers"]["D"]["param_groups"][0]["betas"][0] == pytest.approx(0.5 ** (16 / 17))
+    assert ck["optimizers"]["D"]["param_groups"][0]["betas"][1] == pytest.approx(0.99 ** (16 / 17))
+    assert ck["optimizers"]["G"]["param_groups"][0]["betas"] == [0.0, 0.99] or ck["optimizers"]["G"]["param_groups"][0]["betas"] == (0.0, 0.99)
     # The EMA generator's BatchNorm statistics are its own (standing statistics), not a copy of G's.
     ema, g = ck["models"]["G_ema"], ck["models"]["G"]
     assert not torch.equal(ema["net.1.running_mean"], g["net.1.running_mean"])

@@ -146,3 +146,12 @@ def test_standing_stats_are_the_generators_own_batch_statistics() -> None:
         acts.append(g.net[0](h).detach())
     assert torch.allclose(bn.running_mean, torch.stack([a.mean(dim=(0, 2, 3)) for a in acts]).mean(0), atol=1e-5)
     assert bn.momentum == 0.1  # restored
+
+
+def test_mode_seeking_term_rewards_latent_sensitive_generators() -> None:
+    z = torch.randn(8, 4)
+    collapsed = torch.zeros(8, 1, 4, 4)                        # ignores z: ratio 0, term 1 / eps
+    spread = z[:, :1, None, None].expand(8, 1, 4, 4).clone()   # |dG| = |dz_0|
+    assert losses.mode_seeking(collapsed, z).item() == pytest.approx(1e5)
+    ratio = (spread[0::2] - spread[1::2]).abs().mean() / (z[0::2] - z[1::2]).abs().mean()
+    assert losses.mode_seeking(spread, z).item() == pytest.approx(1 / (ratio.item() + 1e-5), rel=1e-5)
