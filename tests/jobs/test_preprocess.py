@@ -176,7 +176,9 @@ def test_failed_run_leaves_no_manifest_and_nothing_complete(spark, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "_staging").write_text("a file where the staging directory must go")  # the staged write fails
-    with pytest.raises(Exception):
+    from py4j.protocol import Py4JJavaError
+
+    with pytest.raises(Py4JJavaError, match=r"calling o\d+\.parquet"):  # the staged Parquet write under OUT/_staging
         run_preprocess(spark, [str(src)], str(out), PreprocessConfig(resolution=32))
     assert not (out / "manifest.json").exists() and not (out / "images").exists() and not (out / "rejects").exists()
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from schemas import DatasetLayout
+from schemas import SCHEMA_VERSION, DatasetLayout
 from tests.training.conftest import write_digits_dataset
 from training.data import (
     Batch,
@@ -360,7 +360,7 @@ def test_missing_manifest_is_named(digits_dataset, tmp_path):
 
 def test_wrong_manifest_schema_version_is_named(digits_dataset, tmp_path):
     bad = _rewrite(digits_dataset, tmp_path / "v99", lambda t: t, schema_version=99)
-    with pytest.raises(ValueError, match="schema_version is 99, this code reads 1"):
+    with pytest.raises(ValueError, match=f"schema_version is 99, this code reads {SCHEMA_VERSION}"):
         open_loader(LoaderConfig(data=str(bad)))
 
 
