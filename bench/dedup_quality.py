@@ -34,6 +34,7 @@ from jobs.dedup_eval import score  # noqa: E402
 from pipelines import similarity  # noqa: E402
 from pipelines.config import PreprocessConfig  # noqa: E402
 from pipelines.decode import Decoded, process_image  # noqa: E402
+from pipelines.dedup import LOSSY_FORMATS  # noqa: E402
 from pipelines.phash import phash_batch  # noqa: E402
 from schemas.uri import uri_to_path  # noqa: E402
 
@@ -69,7 +70,7 @@ class Files:
 
 def rank_key(row: dict) -> tuple:
     """Best first: larger original resolution, then lossless before lossy, then larger file, then URI."""
-    return (-row["orig_width"] * row["orig_height"], row["orig_format"] == "JPEG", -row["file_size"], row["source_uri"])
+    return (-row["orig_width"] * row["orig_height"], row["orig_format"].upper() in LOSSY_FORMATS, -row["file_size"], row["source_uri"])
 
 
 def _imagehash_bits(image: Image.Image, size: int) -> np.ndarray:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from schemas.uri import path_to_uri
+
 # The only globals the MNIST pickle needs (a tuple of (float32 images, int64 labels) pairs).
 _NUMPY_ONLY = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -71,8 +73,8 @@ class DemoCorpus:
 
 
 def _uri(path: Path) -> str:
-    """The source_uri the preprocess job gives a local file."""
-    return f"file:{path.resolve()}"
+    """The source_uri the preprocess job gives a local file (schemas/uri.py: the one spelling)."""
+    return path_to_uri(path)
 
 
 def write_demo_corpus(root: Path, per_class: int = 100, seed: int = 0) -> DemoCorpus:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+
+from schemas.uri import path_to_uri
 
 DIGIT_SOURCES = ("mnist-test", "mnist-train", "sklearn")
 ORIGINAL = "original"
@@ -50,8 +51,8 @@ class Corpus:
 
 
 def file_uri(path: Path) -> str:
-    """The source_uri the preprocess job gives a local file."""
-    return "file:" + os.path.abspath(path)
+    """The source_uri the preprocess job gives a local file (schemas/uri.py: the one spelling)."""
+    return path_to_uri(path)
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
