@@ -11,7 +11,8 @@ Conversion to RGB (also in docs/preprocess.md):
   1. the header is read first (PIL opens lazily): format, mode, declared size. The declared
      width*height is checked against `max_pixels` before any pixel is allocated (too_large),
      then too_small / bad_aspect on those original dimensions;
-  2. animations: the first frame (PIL opens at frame 0);
+  2. animations: the first frame (PIL opens at frame 0); TIFFs with CCITT fax compression (group3/4) are
+     rejected (decode_error) undecoded: libtiff can hand back a corrupt fax strip as success with undefined pixels;
   3. JPEG: draft() picks the largest DCT scale (1/2, 1/4, 1/8) that keeps both sides >=
      max(2 * resolution, 32), so the image is decoded once at reduced scale;
   4. EXIF orientation is applied (ImageOps.exif_transpose);
@@ -172,6 +173,13 @@ def fit(image: Image.Image, resolution: int, mode: FitMode) -> Image.Image:
     raise ValueError(f"fit: expected a FitMode, got {mode!r}")
 
 
+# CCITT (fax) TIFF codecs are not decoded. On a corrupt or early-terminated strip libtiff returns success after
+# the first line (fax3.c: "don't error on badly-terminated strips"), often without any message, and Pillow keeps
+# the unfilled rest of its strip buffer uninitialised: the pixels then change from run to run (found by
+# tests/pipelines/test_fuzz_decode.py). Bi-level document scans are no training data for these models anyway.
+_FAX_COMPRESSIONS = {"group3", "group4", "tiff_ccitt"}
+
+
 def _reason_for_load_error(exc: BaseException) -> RejectReason:
     text = str(exc).lower()
     if isinstance(exc, EOFError) or "truncat" in text or "premature end" in text:
@@ -217,6 +225,11 @@ def process_image(content: bytes | None, source_uri: str, cfg: PreprocessConfig)
         return Reject(
             source_uri, RejectReason.BAD_ASPECT, f"{orig_w}x{orig_h}: aspect {long_ / short:.2f} > max_aspect={cfg.max_aspect}"
         )
+
+    if orig_format == "TIFF" and image.info.get("compression") in _FAX_COMPRESSIONS:
+        return Reject(source_uri, RejectReason.DECODE_ERROR,
+                      f"TIFF {orig_w}x{orig_h} with CCITT fax compression ({image.info['compression']}): not decoded, "
+                      "libtiff can return a corrupt fax strip as success with undefined pixels")
 
     # 2.-5. one decode, at reduced scale where the format allows it
     try:
