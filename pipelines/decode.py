@@ -336,11 +336,28 @@ def reduce_to_grey(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
         yield pa.RecordBatch.from_pydict(cols, schema=batch.schema)
 
 
+def source_error(reason: RejectReason, detail: str) -> str:
+    """A source row's source_error naming a reject reason other than read_error ("<reason>: <detail>"):
+    sources.py refuses some inputs without reading them (a tar member above max_file_bytes or with an unsafe path)."""
+    return f"{reason.value}: {detail}"
+
+
+_SOURCE_REASONS = {RejectReason.TOO_LARGE.value, RejectReason.UNSAFE_PATH.value}
+
+
+def _source_reject(uri: str, error: str) -> Reject:
+    reason, sep, detail = error.partition(": ")
+    if sep and reason in _SOURCE_REASONS:
+        return Reject(uri, RejectReason(reason), detail)
+    return Reject(uri, RejectReason.READ_ERROR, error)
+
+
 def decode_batch(batch: pa.RecordBatch, cfg: PreprocessConfig, run_id: str, labels: LabelResolver | None) -> pa.RecordBatch:
     """SOURCE_ARROW rows -> STAGED_ARROW rows, exactly one output row per input row."""
     uris = batch.column("source_uri").to_pylist()
     rel_paths = batch.column("rel_path").to_pylist()
     errors = batch.column("source_error").to_pylist()
+    lengths = batch.column("length").to_pylist()
     contents = batch.column("content")
     read_uris = batch.column("read_uri").to_pylist() if "read_uri" in batch.schema.names else [None] * len(uris)
     rows: list[dict[str, Any]] = []
@@ -348,7 +365,10 @@ def decode_batch(batch: pa.RecordBatch, cfg: PreprocessConfig, run_id: str, labe
     image_rows: list[dict[str, Any]] = []
     for i, uri in enumerate(uris):
         if errors[i] is not None:
-            result: Decoded | Reject = Reject(uri, RejectReason.READ_ERROR, errors[i])
+            result: Decoded | Reject = _source_reject(uri, errors[i])
+        elif read_uris[i] is not None and not contents[i].is_valid and (lengths[i] or 0) > cfg.max_file_bytes:
+            # the listed size is over the limit: not read at all (a 10 GB file would otherwise be held whole)
+            result = Reject(uri, RejectReason.TOO_LARGE, f"file is {lengths[i]} bytes, limit max_file_bytes={cfg.max_file_bytes}; it is not read")
         elif read_uris[i] is not None and not contents[i].is_valid:
             try:
                 data = read_local(read_uris[i])

@@ -37,6 +37,7 @@ class RejectReason(str, enum.Enum):
     BAD_ASPECT = "bad_aspect"              # long side / short side above --max-aspect
     BLANK = "blank"                        # (almost) a single colour: std below --min-std
     UNSUPPORTED_MODE = "unsupported_mode"  # a pixel mode with no documented RGB rule
+    UNSAFE_PATH = "unsafe_path"            # a tar member path that is absolute or has a ".." component: never read (docs/preprocess.md)
 
 
 class DuplicateKind(str, enum.Enum):

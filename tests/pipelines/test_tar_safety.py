@@ -1,0 +1,169 @@
+"""Tar shards as hostile input: a gzip bomb, links, devices, FIFOs and member paths that climb out.
+Real shards written in tmp, the real job (Spark, Parquet) run on them."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import LabelMode, PreprocessConfig
+from pipelines.preprocess import run_preprocess
+from pipelines.sources import expand_tar, list_tar
+from schemas.images import RejectReason
+from tests.conftest import REPO
+from tests.pipelines.imagefactory import encode, photo_like
+
+BOMB_BYTES = 1 << 30  # the member's declared (and real) size: 1 GiB of zeros, about 1 MB gzipped
+
+
+class _Zeros(io.RawIOBase):
+    """n zero bytes, produced as read: the test writes the bomb without ever holding it."""
+
+    def __init__(self, n: int):
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
+def _jpeg(seed: int) -> bytes:
+    return encode(photo_like(40, 40, seed=seed), "JPEG")
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", **attrs) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    tar.addfile(info, io.BytesIO(data) if data else None)
+
+
+def _write_hostile_shard(path: Path) -> None:
+    with tarfile.open(path, "w:gz", compresslevel=9) as tar:
+        _add(tar, "cat/", type=tarfile.DIRTYPE)                      # a directory: a container, not an input
+        _add(tar, "cat/a.jpg", _jpeg(1))
+        bomb = tarfile.TarInfo("cat/bomb.jpg")
+        bomb.size = BOMB_BYTES
+        tar.addfile(bomb, io.BufferedReader(_Zeros(BOMB_BYTES), 1 << 20))
+        _add(tar, "dog/b.jpg", _jpeg(2))                              # after the bomb: the stream goes on
+        _add(tar, "dog/link.jpg", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+        _add(tar, "dog/hard.jpg", type=tarfile.LNKTYPE, linkname="cat/a.jpg")
+        _add(tar, "dog/tty.jpg", type=tarfile.CHRTYPE, devmajor=5, devminor=0)
+        _add(tar, "dog/disk.jpg", type=tarfile.BLKTYPE, devmajor=8, devminor=0)
+        _add(tar, "dog/pipe.jpg", type=tarfile.FIFOTYPE)
+        _add(tar, "../escape.jpg", _jpeg(3))
+        _add(tar, "/abs/root.jpg", _jpeg(4))
+        _add(tar, "dog/../../up.jpg", _jpeg(5))
+        _add(tar, "../meta.json", b"{}")                              # an unsafe sidecar is rejected, not skipped
+        _add(tar, "dog/b.json", b"{}")                                # a webdataset sidecar: skipped
+
+
+def _rows(table: Path) -> list[dict]:
+    return [r for f in sorted(table.rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+# name -> (reason, detail fragment) of every member that must be rejected
+REFUSED = {
+    "cat/bomb.jpg": (RejectReason.TOO_LARGE, f"{BOMB_BYTES} bytes"),
+    "dog/link.jpg": (RejectReason.READ_ERROR, "symbolic link to '/etc/passwd'"),
+    "dog/hard.jpg": (RejectReason.READ_ERROR, "hard link to 'cat/a.jpg'"),
+    "dog/tty.jpg": (RejectReason.READ_ERROR, "character device"),
+    "dog/disk.jpg": (RejectReason.READ_ERROR, "block device"),
+    "dog/pipe.jpg": (RejectReason.READ_ERROR, "a FIFO"),
+    "../escape.jpg": (RejectReason.UNSAFE_PATH, 'a ".." component'),
+    "/abs/root.jpg": (RejectReason.UNSAFE_PATH, "an absolute path"),
+    "dog/../../up.jpg": (RejectReason.UNSAFE_PATH, 'a ".." component'),
+    "../meta.json": (RejectReason.UNSAFE_PATH, 'a ".." component'),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hostile")
+    (root / "in").mkdir()
+    _write_hostile_shard(root / "in" / "shard.tar.gz")
+    assert (root / "in" / "shard.tar.gz").stat().st_size < 4 * 1024 * 1024  # a bomb: ~1 MB holding 1 GiB
+    return root
+
+
+def test_hostile_shard_every_member_ends_in_one_place_and_nothing_escapes(spark, hostile):
+    shard = hostile / "in" / "shard.tar.gz"
+    out = hostile / "out"
+    before = sorted(p for p in hostile.parent.rglob("*") if not str(p).startswith(str(hostile)))
+    cfg = PreprocessConfig(resolution=32, labels=LabelMode.DIRS, min_size=16, dedup=False, progress_interval_s=60)
+    manifest = run_preprocess(spark, [str(shard)], str(out), cfg, log=lambda s: None).manifest
+    uri = f"file:{shard}"
+    images = _rows(out / "images")
+    rejects = {r["source_uri"]: r for r in _rows(out / "rejects")}
+    assert {r["source_uri"]: r["label"] for r in images} == {f"{uri}#cat/a.jpg": "cat", f"{uri}#dog/b.jpg": "dog"}
+    assert set(rejects) == {f"{uri}#{name}" for name in REFUSED}
+    for name, (reason, fragment) in REFUSED.items():
+        row = rejects[f"{uri}#{name}"]
+        assert row["reason"] == reason.value and fragment in row["detail"], (name, row)
+    assert manifest.counts["inputs"] == 2 + len(REFUSED)  # the directory and the sidecar are not inputs
+    assert manifest.counts["tar_sidecars_skipped"] == 1
+    assert manifest.classes == ["cat", "dog"]  # ".." never became a class
+    # Nothing was extracted anywhere: the only new files are under OUT (and the shard itself).
+    after = sorted(p for p in hostile.parent.rglob("*") if not str(p).startswith(str(hostile)))
+    assert after == before
+    assert not (hostile / "escape.jpg").exists() and not Path("/abs/root.jpg").exists()
+    assert all(p == out or out in p.parents or p in (hostile / "in", shard) for p in hostile.rglob("*"))
+
+
+def test_gzip_bomb_is_counted_and_expanded_in_bounded_memory(hostile):
+    """The 1 GiB member is refused from its header and drained in chunks: a fresh process counting and
+    expanding the shard peaks far below the member's size (it was 2.2 GB when members were read whole)."""
+    shard = hostile / "in" / "shard.tar.gz"
+    code = (
+        "import json, resource, sys; from pipelines.sources import expand_tar, list_tar\n"
+        f"n = list_tar({f'file:{shard}'!r})\n"
+        f"rows = [(r[0].rsplit('#', 1)[1], r[2] is not None, r[4]) for r in expand_tar({f'file:{shard}'!r})]\n"
+        "print(json.dumps({'count': n, 'rows': rows, 'peak_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+    got = json.loads(done.stdout)
+    assert got["count"] == [2 + len(REFUSED), 1]
+    by_name = {name: (has_bytes, error) for name, has_bytes, error in got["rows"]}
+    assert len(by_name) == len(got["rows"]) == 2 + len(REFUSED)
+    assert by_name["cat/a.jpg"] == (True, None) and by_name["dog/b.jpg"] == (True, None)
+    assert by_name["cat/bomb.jpg"][0] is False and by_name["cat/bomb.jpg"][1].startswith("too_large: ")
+    assert got["peak_kib"] < 400 * 1024, got["peak_kib"]  # KiB: under 400 MiB (imports ~100 MiB), not >= 1 GiB
+
+
+def test_unsafe_member_paths_never_yield_a_rel_path(tmp_path):
+    """rel_path (what labels come from) is None for a refused path, so no label can name a directory
+    outside the shard's root."""
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        _add(tar, "../x/escape.jpg", _jpeg(1))
+        _add(tar, "ok/fine.jpg", _jpeg(2))
+    rows = {r[0].rsplit("#", 1)[1]: r for r in expand_tar(f"file:{shard}")}
+    assert rows["../x/escape.jpg"][1] is None and rows["../x/escape.jpg"][2] is None
+    assert rows["../x/escape.jpg"][4].startswith("unsafe_path: ")
+    assert rows["ok/fine.jpg"][1] == "ok/fine.jpg" and rows["ok/fine.jpg"][4] is None
+    assert list_tar(f"file:{shard}") == (2, 0)
+
+
+def test_member_above_max_file_bytes_is_refused_without_reading(tmp_path):
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        _add(tar, "big.jpg", _jpeg(1))
+        _add(tar, "small.png", b"\x89PNG")
+    big = len(_jpeg(1))
+    rows = {r[0].rsplit("#", 1)[1]: r for r in expand_tar(f"file:{shard}", max_bytes=big - 1)}
+    assert rows["big.jpg"][2] is None and rows["big.jpg"][3] == big
+    assert rows["big.jpg"][4] == f"too_large: tar member is {big} bytes, limit max_file_bytes={big - 1}; it is not read"
+    assert rows["small.png"][2] == b"\x89PNG"
+    assert list_tar(f"file:{shard}", max_bytes=big - 1) == (2, 0)
