@@ -27,8 +27,8 @@ WRONG_PAIRS_SHOWN = 20  # wrong pairs listed per kind (false merges, misses)
 @dataclasses.dataclass(frozen=True)
 class DedupEvalConfig:
     truth: str                      # CSV (source_uri,group) or JSON {group: [uris]}
-    duplicates: str                 # a duplicates/ Parquet directory or file
-    images: str | None = None       # the dataset's images/ (only to report truth images found nowhere)
+    duplicates: str | tuple[str, ...]         # a duplicates Parquet directory or file, or the files a manifest lists
+    images: tuple[str, ...] | None = None     # the dataset's listed image files (only to report truth images found nowhere)
     as_json: bool = False
 
 
@@ -79,13 +79,15 @@ def read_duplicates(path: str) -> list[tuple[str, str]]:
     return [(r["source_uri"], r["kept_source_uri"]) for r in read_duplicate_rows(path)]
 
 
-def read_duplicate_rows(path: str) -> list[dict]:
-    """Every duplicates/ row as a dict (source_uri, kept_source_uri, kind, distance, similarity when present)."""
+def read_duplicate_rows(path: str | tuple[str, ...]) -> list[dict]:
+    """Every duplicates row as a dict (source_uri, kept_source_uri, kind, distance, similarity when present)."""
     import pyarrow.dataset as ds
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"duplicates {path} not found: expected OUT/duplicates or a Parquet file")
-    dataset = ds.dataset(path, format="parquet", partitioning="hive")
+    if isinstance(path, str) and not os.path.exists(path):
+        raise FileNotFoundError(f"duplicates {path} not found: expected a dataset's duplicates/ or a Parquet file")
+    if not path:
+        return []
+    dataset = ds.dataset(list(path) if not isinstance(path, str) else path, format="parquet", partitioning="hive")
     wanted = [c for c in ("source_uri", "kept_source_uri", "kind", "distance", "similarity") if c in dataset.schema.names]
     return dataset.to_table(columns=wanted).to_pylist()
 
@@ -143,7 +145,7 @@ def evaluate(config: DedupEvalConfig) -> DedupEvalResult:
     if config.images is not None:
         import pyarrow.dataset as ds
 
-        known = set(ds.dataset(config.images, format="parquet", partitioning="hive").to_table(columns=["source_uri"]).column("source_uri").to_pylist())
+        known = set(ds.dataset(list(config.images), format="parquet").to_table(columns=["source_uri"]).column("source_uri").to_pylist()) if config.images else set()
     rows = read_duplicate_rows(config.duplicates)
     signals = {r["source_uri"]: {k: v for k, v in r.items() if k != "source_uri"} for r in rows}
     return score(read_truth(config.truth), [(r["source_uri"], r["kept_source_uri"]) for r in rows], known, signals)
@@ -158,17 +160,21 @@ def parse(argv: list[str]) -> DedupEvalConfig:
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     a = ap.parse_args(argv)
     if a.dataset:
-        from schemas.layout import DatasetLayout
+        from schemas.layout import Manifest, listed_files
 
-        layout = DatasetLayout(a.dataset)
-        return DedupEvalConfig(truth=a.truth, duplicates=layout.duplicates, images=layout.images, as_json=a.json)
+        # exactly the files the manifest lists, checked against their row counts
+        manifest = Manifest.read(a.dataset)
+        return DedupEvalConfig(truth=a.truth, duplicates=tuple(listed_files(a.dataset, manifest, "duplicates")),
+                               images=tuple(listed_files(a.dataset, manifest, "images")), as_json=a.json)
     return DedupEvalConfig(truth=a.truth, duplicates=a.duplicates, as_json=a.json)
 
 
 def main(argv: list[str]) -> int:
-    config = parse(argv)
-    print(f"dedup-eval config: {dataclasses.asdict(config)}", file=sys.stderr)
     try:
+        config = parse(argv)
+        print(f"dedup-eval: truth {config.truth}, duplicates from "
+              f"{config.duplicates if isinstance(config.duplicates, str) else f'{len(config.duplicates)} listed file(s)'}",
+              file=sys.stderr)
         result = evaluate(config)
     except (FileNotFoundError, ValueError) as e:
         print(f"imagegen dedup-eval: {e}", file=sys.stderr)

@@ -145,6 +145,41 @@ class FileSystem:
         if not fs.rename(path, final):
             raise OSError(f"Hadoop FileSystem.rename({tmp}, {uri}) returned false")
 
+    def create_exclusive(self, uri: str, text: str) -> bool:
+        """Create `uri` holding `text` only if it does not exist (atomically: O_EXCL locally, Hadoop's create with
+        overwrite=false elsewhere). False if it already exists."""
+        local = os_path(uri)
+        if local is not None:
+            try:
+                fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        path, fs = self._hpath(uri)
+        try:
+            stream = fs.create(path, False)
+        except Exception as exc:  # py4j wraps org.apache.hadoop.fs.FileAlreadyExistsException
+            if "FileAlreadyExists" in str(exc) or fs.exists(path):
+                return False
+            raise
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        return True
+
+    def mtime(self, uri: str) -> float:
+        """Seconds since the epoch of the last modification."""
+        local = os_path(uri)
+        if local is not None:
+            return os.stat(local).st_mtime
+        path, fs = self._hpath(uri)
+        return fs.getFileStatus(path).getModificationTime() / 1000.0
+
     def read_text(self, uri: str) -> str:
         local = os_path(uri)
         if local is not None:

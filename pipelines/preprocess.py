@@ -10,8 +10,14 @@ Its stages are named functions, called in this order by `_run`:
   compute_stats       classes, label counts, stored channels, channel sums (Spark aggregates, no pixel re-read)
   write_tables        images/ (with label_index), rejects/ (and duplicates/) under the staging directory
   check_conservation  inputs == written + rejected + duplicates, from the written data; mismatch fails
-  commit              move the run's partitions into OUT; run_preprocess writes manifest.json last
-A failure at any point removes the staging directory and leaves no manifest.json.
+  commit              move the run's partitions into OUT; run_preprocess then replaces manifest.json atomically,
+                      listing every data file with its row count (schemas/layout.py): the commit point
+
+One writer at a time (pipelines/lock.py: OUT/_lock, a dead holder's lock is taken over). Before it starts, the
+writer removes what interrupted runs left: staging directories and data files the manifest does not list. A
+failure or a kill at any point leaves the dataset the manifest describes, old or new, never a mix: readers read
+only listed files. `IMAGEGEN_FAULT=<point>` SIGKILLs the job at a named point (FAULT_POINTS), for the tests that
+prove this.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ import math
 import platform
 import sys
 import contextlib
+import os
+import signal
 import threading
 import time
 import uuid
@@ -38,13 +46,39 @@ from pipelines.config import ChannelMode, LabelMode, PreprocessConfig
 from pipelines.dedup import DedupConfig, deduplicate
 from pipelines.decode import KIND_IMAGE, KIND_REJECT, STAGED_ARROW, decode_partition, reduce_to_grey
 from pipelines.fs import FileSystem
-from pipelines.labels import LabelResolver, parse_sidecar
+from pipelines.lock import dataset_lock
+from pipelines.labels import LabelResolver, Sidecar
 from pipelines.sources import InputSpec, classify, load_sources
 from schemas.images import DUPLICATES_ARROW, IMAGES_ARROW, REJECTS_ARROW, SCHEMA_VERSION, RejectReason, duplicates_spark, images_spark, rejects_spark
-from schemas.layout import DatasetLayout, Manifest
+from schemas.layout import TABLES, DatasetLayout, Manifest
 
 EXAMPLES_CAP = 20  # how many unlabeled files / unmatched sidecar keys are listed by name
 OPEN_COST_BYTES = 64 * 1024  # Spark's per-file split-packing cost, about one small JPEG
+
+
+# Where IMAGEGEN_FAULT can kill the job (tests/jobs/test_crash_safety.py): after the staged write, after the first
+# and after every partition move of the commit, after the manifest is written (before old files are removed).
+FAULT_POINTS = ("staged", "commit:first-move", "commit:moved", "manifest-written")
+
+
+class InjectedFault(RuntimeError):
+    """IMAGEGEN_FAULT=error:<point>: a failure raised on purpose (tests)."""
+
+
+def _fault_point(name: str) -> None:
+    """IMAGEGEN_FAULT=<point>: SIGKILL this process here (a real crash, nothing unwinds).
+    IMAGEGEN_FAULT=error:<point>: raise InjectedFault here (a failure the job handles)."""
+    fault = os.environ.get("IMAGEGEN_FAULT")
+    if fault == name:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == f"error:{name}":
+        raise InjectedFault(f"IMAGEGEN_FAULT: injected failure at {name}")
+
+
+class NotADatasetError(RuntimeError):
+    """OUT exists, holds files, and is not an imagegen dataset: writing there could bury someone's data."""
 
 
 class DatasetExistsError(RuntimeError):
@@ -147,13 +181,14 @@ def _timed(timings: dict[str, float], name: str, progress: Progress | None = Non
     return _T()
 
 
-def _label_resolver(spark: SparkSession, cfg: PreprocessConfig) -> LabelResolver | None:
+def _label_resolver(spark: SparkSession, cfg: PreprocessConfig, specs: list[InputSpec]) -> LabelResolver | None:
     if cfg.labels == LabelMode.NONE:
         return None
     if cfg.labels == LabelMode.DIRS:
         return LabelResolver(LabelMode.DIRS)
-    text = FileSystem(spark).read_text(cfg.labels_path)
-    return LabelResolver(LabelMode.SIDECAR, parse_sidecar(text, cfg.labels_path))
+    # Parsed and checked in a Spark task (pipelines/labels.py): the driver never holds the entries.
+    sidecar = Sidecar.load(spark, FileSystem(spark).qualify(cfg.labels_path), cfg.labels_path, tuple(s.root for s in specs))
+    return LabelResolver(LabelMode.SIDECAR, sidecar)
 
 
 @contextlib.contextmanager
@@ -226,16 +261,29 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
     t_start = time.monotonic()
     fs = FileSystem(spark)
     layout = DatasetLayout(out)
+    _check_out(fs, layout)
+    fs.mkdirs(layout.root)
+    with dataset_lock(fs, layout.lock, log):
+        return _run_locked(spark, inputs, out, cfg, fs, layout, t_start, log)
+
+
+def _run_locked(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig, fs: FileSystem,
+                layout: DatasetLayout, t_start: float, log: Callable[[str], None]) -> PreprocessResult:
+    current = _read_manifest(fs, layout)
+    if current is not None and not cfg.incremental and not cfg.overwrite:
+        raise DatasetExistsError(
+            f"{out} already holds a complete dataset ({layout.manifest} exists); "
+            "pass --incremental to add new files to it or --overwrite to replace it"
+        )
+    removed = remove_unlisted(fs, layout, current)
+    if removed:
+        shown = ", ".join(removed[:5]) + (f" and {len(removed) - 5} more" if len(removed) > 5 else "")
+        log(f"imagegen preprocess: removed {len(removed)} leftover(s) of interrupted runs that {layout.manifest} "
+            f"does not list: {shown}")
     prior = None
-    if fs.exists(layout.manifest):
-        if cfg.incremental:
-            prior = Manifest.from_dict(json.loads(fs.read_text(layout.manifest)))
-            _check_compatible(prior, cfg)
-        elif not cfg.overwrite:
-            raise DatasetExistsError(
-                f"{out} already holds a complete dataset ({layout.manifest} exists); "
-                "pass --incremental to add new files to it or --overwrite to replace it"
-            )
+    if current is not None and cfg.incremental:
+        prior = current
+        _check_compatible(prior, cfg)
     run_id = new_run_id()
     staging = layout.staging(run_id)
     timings: dict[str, float] = {}
@@ -246,13 +294,16 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
         timings["total"] = round(time.monotonic() - t_start, 3)
         if result is not None:
             manifest = dataclasses.replace(result, timings=timings)
-            fs.write_text_atomic(layout.manifest, manifest.to_json())  # last: its presence means "complete"
+            fs.write_text_atomic(layout.manifest, manifest.to_json())  # the commit point
+            _fault_point("manifest-written")
     except BaseException:
         # Nothing half-written stays behind: this run's partitions (if the commit had started moving
-        # them) and its staging go; earlier runs' partitions and an incremental dataset's manifest are untouched.
-        for target in (layout.images, layout.rejects, layout.duplicates):
-            fs.delete(f"{target}/run_id={run_id}")
+        # them) and its staging go; the files the manifest lists are untouched.
+        for table in TABLES:
+            fs.delete(f"{layout.table(table)}/run_id={run_id}")
+            _remove_if_empty(fs, layout.table(table))
         fs.delete(staging)
+        _remove_if_empty(fs, layout.root.rstrip("/") + "/_staging")
         raise
     if result is None:  # incremental, and every input was seen by an earlier run: nothing new is written
         fs.delete(staging)
@@ -261,17 +312,79 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
         summary = f"imagegen preprocess: nothing new in {len(inputs)} input(s); {out} is unchanged (run {prior.run_id})"
         log(summary)
         return PreprocessResult(prior, out, summary)
-    if cfg.overwrite:  # the new dataset is complete: only now do the replaced runs' partitions go
-        for target in (layout.images, layout.rejects, layout.duplicates):
-            for entry in fs.list(target) if fs.exists(target) else []:
-                name = entry.uri.rstrip("/").rsplit("/", 1)[-1]
-                if name.startswith("run_id=") and name != f"run_id={run_id}":
-                    fs.delete(entry.uri)
-    fs.delete(staging)
-    _remove_if_empty(fs, layout.root.rstrip("/") + "/_staging")
+    # The new manifest is in place: what it does not list (an --overwrite's replaced runs) goes now.
+    remove_unlisted(fs, layout, manifest)
     summary = render_summary(manifest)
     log(summary)
     return PreprocessResult(manifest, out, summary)
+
+
+def _read_manifest(fs: FileSystem, layout: DatasetLayout) -> Manifest | None:
+    if not fs.exists(layout.manifest):
+        return None
+    return Manifest.from_dict(json.loads(fs.read_text(layout.manifest)))
+
+
+def _check_out(fs: FileSystem, layout: DatasetLayout) -> None:
+    """OUT must be absent, empty, or an imagegen dataset (complete or interrupted)."""
+    if not fs.exists(layout.root):
+        return
+    if not fs.is_dir(layout.root):
+        raise NotADatasetError(f"{layout.root} exists and is not a directory; choose another --output")
+    names = {e.uri.rstrip("/").rsplit("/", 1)[-1] for e in fs.list(layout.root)}
+    ours = {"manifest.json", "_lock", "_staging", *TABLES}
+    if names and not names & ours:
+        raise NotADatasetError(
+            f"{layout.root} is not empty and is not an imagegen dataset (it holds {', '.join(sorted(names)[:3])}"
+            f"{', ...' if len(names) > 3 else ''}); choose an empty or new --output"
+        )
+
+
+def remove_unlisted(fs: FileSystem, layout: DatasetLayout, manifest: Manifest | None) -> list[str]:
+    """Remove every staging directory and every file under images/, rejects/, duplicates/ that `manifest` does not
+    list (a crashed run's orphans, a replaced run's files); return what was removed, relative to OUT. Only the lock
+    holder calls this."""
+    listed = {rel for t in TABLES for rel, _ in (manifest.data_files(t) if manifest is not None else [])}
+    removed: list[str] = []
+    staging_root = layout.root.rstrip("/") + "/_staging"
+    if fs.exists(staging_root):
+        for entry in fs.list(staging_root) if fs.is_dir(staging_root) else []:
+            removed.append("_staging/" + entry.uri.rstrip("/").rsplit("/", 1)[-1])
+            fs.delete(entry.uri)
+        fs.delete(staging_root)
+    for table in TABLES:
+        table_dir = layout.table(table)
+        if not fs.exists(table_dir):
+            continue
+        for run_dir in fs.list(table_dir):
+            run_name = run_dir.uri.rstrip("/").rsplit("/", 1)[-1]
+            if not run_dir.is_dir:
+                removed.append(f"{table}/{run_name}")
+                fs.delete(run_dir.uri)
+                continue
+            kept = 0
+            for entry in fs.list(run_dir.uri):
+                name = entry.uri.rstrip("/").rsplit("/", 1)[-1]
+                rel = f"{table}/{run_name}/{name}"
+                # a listed file's checksum sibling (.part-....parquet.crc, Hadoop's local FS) stays with it
+                crc_of = f"{table}/{run_name}/{name[1:-4]}" if name.startswith(".") and name.endswith(".crc") else None
+                if rel in listed or crc_of in listed:
+                    kept += 1
+                else:
+                    removed.append(rel)
+                    fs.delete(entry.uri)
+            if kept == 0:
+                fs.delete(run_dir.uri)
+        _remove_if_empty(fs, table_dir)
+    return removed
+
+
+def read_listed(spark: SparkSession, layout: DatasetLayout, manifest: Manifest | None, table: str, schema) -> DataFrame:
+    """The rows of `table` in exactly the files `manifest` lists (with run_id from the partition path)."""
+    files = [layout.resolve(rel) for rel, _ in manifest.data_files(table)] if manifest is not None else []
+    if not files:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).option("basePath", layout.table(table)).parquet(*files)
 
 
 def _check_compatible(prior: Manifest, cfg: PreprocessConfig) -> None:
@@ -282,12 +395,12 @@ def _check_compatible(prior: Manifest, cfg: PreprocessConfig) -> None:
         raise ValueError(f"incremental run settings {mine} differ from the dataset's {theirs}; use the same settings or a new OUT")
 
 
-def _seen_uris(spark: SparkSession, layout: DatasetLayout, fs: FileSystem) -> DataFrame:
-    """source_uri of every input an earlier run wrote, rejected or recorded as a duplicate."""
+def _seen_uris(spark: SparkSession, layout: DatasetLayout, manifest: Manifest) -> DataFrame:
+    """source_uri of every input an earlier run wrote, rejected or recorded as a duplicate: from the files the
+    manifest lists only, so an interrupted run's orphans are not "seen" and their inputs are processed again."""
     frames = [
-        spark.read.schema(schema).parquet(path).select("source_uri")
-        for path, schema in ((layout.images, images_spark()), (layout.rejects, rejects_spark()), (layout.duplicates, duplicates_spark()))
-        if fs.exists(path)
+        read_listed(spark, layout, manifest, table, schema).select("source_uri")
+        for table, schema in (("images", images_spark()), ("rejects", rejects_spark()), ("duplicates", duplicates_spark()))
     ]
     return functools.reduce(DataFrame.unionByName, frames).distinct()
 
@@ -371,10 +484,11 @@ def _run(job: _Job, inputs: list[str], timings: dict[str, float], progress: Prog
     with _timed(timings, "write", progress):
         write_tables(job, stats, kept, rejects, duplicates)
     with _timed(timings, "verify", progress):
-        counts = check_conservation(job, src, staged, stats, with_duplicates=duplicates is not None)
+        counts, files = check_conservation(job, src, staged, stats, with_duplicates=duplicates is not None)
+    _fault_point("staged")
     with _timed(timings, "commit", progress):
         commit(job)
-    return build_manifest(job, inputs, src, stats, counts, timings)
+    return build_manifest(job, inputs, src, stats, counts, files, timings)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -382,18 +496,19 @@ def list_inputs(job: _Job, inputs: list[str]) -> _Inputs:
     """Classify the inputs, build the label resolver and one DataFrame of source rows."""
     spark, cfg = job.spark, job.cfg
     specs = [classify(spark, u) for u in inputs]
-    resolver = _label_resolver(spark, cfg)
+    resolver = _label_resolver(spark, cfg, specs)
     partitions = cfg.partitions or 3 * spark.sparkContext.defaultParallelism
     exclude = (job.fs.qualify(cfg.labels_path),) if cfg.labels == LabelMode.SIDECAR else ()
     loaded = load_sources(spark, specs, cfg, partitions, exclude=exclude)
-    return _Inputs(specs, resolver, loaded.df, loaded.input_count, loaded.tar_sidecars, partitions)
+    sources = resolver.sidecar.attach(loaded.df, partitions) if resolver is not None and resolver.sidecar is not None else loaded.df
+    return _Inputs(specs, resolver, sources, loaded.input_count, loaded.tar_sidecars, partitions)
 
 
 def skip_seen(job: _Job, src: _Inputs) -> _Inputs:
     """--incremental: only inputs no earlier run has seen (by source URI). New URIs holding bytes an earlier
     run kept become exact duplicates in `dedup`, where earlier images are the `previous` index."""
     # No broadcast hint: the seen set grows with the dataset; AQE broadcasts it while it is small.
-    sources = src.sources.join(_seen_uris(job.spark, job.layout, job.fs), "source_uri", "left_anti")
+    sources = src.sources.join(_seen_uris(job.spark, job.layout, job.prior), "source_uri", "left_anti")
     return dataclasses.replace(src, sources=sources, count=sources.count())
 
 
@@ -448,7 +563,7 @@ def dedup(job: _Job, images: DataFrame, partitions: int) -> tuple[DataFrame, Dat
     """(kept, duplicates): exact (bytes or pixels) and near (pHash + pixel test) duplicates, within this run
     and against earlier runs' images."""
     cfg = job.cfg
-    previous = job.spark.read.schema(images_spark()).parquet(job.layout.images) if job.prior is not None else None
+    previous = read_listed(job.spark, job.layout, job.prior, "images", images_spark()) if job.prior is not None else None
     dedup_cfg = DedupConfig(near_distance=cfg.near_dup_distance, partitions=partitions,
                             **({"min_similarity": cfg.min_similarity} if cfg.min_similarity is not None else {}))
     # Only the dropped rows are used: they are persisted like the decode output, and `kept` is derived
@@ -508,18 +623,44 @@ def write_tables(job: _Job, stats: _Stats, kept: DataFrame, rejects: DataFrame, 
         _non_null(duplicates, DUPLICATES_ARROW).write.partitionBy("run_id").parquet(f"{staging}/duplicates")
 
 
-def check_conservation(job: _Job, src: _Inputs, staged: DataFrame, stats: _Stats, with_duplicates: bool) -> dict[str, Any]:
-    """inputs == staged rows == written + rejected + duplicates, counted from what was written; else fail."""
-    spark, staging = job.spark, job.staging
+def _file_rows(job: _Job, table: str, schema, by: str | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The staged files of `table` with their row counts (the manifest's `files` entries, at their committed paths),
+    and the row count per value of column `by`: one pass over the written data."""
+    staged_dir = f"{job.staging}/{table}"
+    part = f"run_id={job.run_id}"
+    if not job.fs.exists(f"{staged_dir}/{part}"):
+        return [], {}
+    df = job.spark.read.schema(schema).parquet(staged_dir)
+    keys = [F.col("_metadata.file_name").alias("file")] + ([F.col(by)] if by else [])
+    per_file: dict[str, int] = {}
+    per_value: dict[str, int] = {}
+    for r in df.groupBy(*keys).count().collect():  # O(files x values) rows on the driver, never O(images)
+        per_file[r["file"]] = per_file.get(r["file"], 0) + int(r["count"])
+        if by:
+            per_value[r[by]] = per_value.get(r[by], 0) + int(r["count"])
+    names = [e.uri.rstrip("/").rsplit("/", 1)[-1] for e in job.fs.list(f"{staged_dir}/{part}") if not e.is_dir]
+    data = sorted(n for n in names if n.endswith(".parquet") and not n.startswith((".", "_")))
+    unknown = sorted(set(per_file) - set(data))
+    if unknown:
+        raise ConservationError(f"rows read from {unknown}, which are not Parquet files of {staged_dir}/{part}")
+    return [{"path": f"{table}/{part}/{n}", "rows": per_file.get(n, 0)} for n in data], per_value
+
+
+def check_conservation(job: _Job, src: _Inputs, staged: DataFrame, stats: _Stats,
+                       with_duplicates: bool) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """inputs == staged rows == written + rejected + duplicates, counted from what was written; else fail. Also
+    returns the written files with their row counts (the manifest's `files` for this run)."""
     # explicit schemas: a kind with no rows is written as no files, which Spark cannot infer a schema from
-    written = spark.read.schema(images_spark()).parquet(f"{staging}/images").count()
-    reject_rows = spark.read.schema(rejects_spark()).parquet(f"{staging}/rejects").groupBy("reason").count().collect()
+    image_files, _ = _file_rows(job, "images", images_spark())
+    reject_files, by_reason = _file_rows(job, "rejects", rejects_spark(), by="reason")
+    files = {"images": image_files, "rejects": reject_files, "duplicates": []}
+    written = sum(f["rows"] for f in image_files)
     rejected = {r.value: 0 for r in RejectReason}
-    rejected.update({r["reason"]: int(r["count"]) for r in reject_rows})
+    rejected.update(by_reason)
     dup_counts = {"exact": 0, "near": 0}
     if with_duplicates:
-        for r in spark.read.schema(duplicates_spark()).parquet(f"{staging}/duplicates").groupBy("kind").count().collect():
-            dup_counts[r["kind"]] = int(r["count"])
+        files["duplicates"], by_kind = _file_rows(job, "duplicates", duplicates_spark(), by="kind")
+        dup_counts.update(by_kind)
     staged_rows = staged.count()
     accounted = written + sum(rejected.values()) + sum(dup_counts.values())
     if not (src.count == staged_rows == accounted):
@@ -527,28 +668,25 @@ def check_conservation(job: _Job, src: _Inputs, staged: DataFrame, stats: _Stats
             f"conservation failed: inputs={src.count}, decoded rows={staged_rows}, "
             f"written={written} + rejected={sum(rejected.values())} + duplicates={sum(dup_counts.values())} = {accounted}"
         )
-    return {"inputs": src.count, "written": written, "rejected": rejected, "duplicates": dup_counts,
-            "unlabeled": stats.unlabeled, "tar_sidecars_skipped": src.tar_sidecars}
+    counts = {"inputs": src.count, "written": written, "rejected": rejected, "duplicates": dup_counts,
+              "unlabeled": stats.unlabeled, "tar_sidecars_skipped": src.tar_sidecars}
+    return counts, files
 
 
 def commit(job: _Job) -> None:
-    """Move the run's partitions into OUT (manifest.json is written by run_preprocess, last)."""
+    """Move the run's partitions into OUT. They are orphans, read by nobody, until run_preprocess replaces
+    manifest.json with one that lists them; an --overwrite's old manifest stays in place until then."""
     fs, layout, run_id = job.fs, job.layout, job.run_id
-    if job.cfg.overwrite and fs.exists(layout.manifest):
-        # The old dataset stops looking complete before anything moves; its partitions stay until the
-        # new manifest is written (run_preprocess), so a failure from here on loses no data.
-        fs.delete(layout.manifest)
-    for name, target in (("images", layout.images), ("rejects", layout.rejects), ("duplicates", layout.duplicates)):
+    for name in TABLES:
         src = f"{job.staging}/{name}/run_id={run_id}"
         if fs.exists(src):
-            fs.rename(src, f"{target}/run_id={run_id}")
-        elif name != "duplicates":
-            # a run with no rows of a kind still gets its (empty) partition directory
-            fs.mkdirs(f"{target}/run_id={run_id}")
+            fs.rename(src, f"{layout.table(name)}/run_id={run_id}")
+            _fault_point("commit:first-move")
+    _fault_point("commit:moved")
 
 
 def build_manifest(job: _Job, inputs: list[str], src: _Inputs, stats: _Stats, counts: dict[str, Any],
-                   timings: dict[str, float]) -> Manifest:
+                   files: dict[str, list[dict[str, Any]]], timings: dict[str, float]) -> Manifest:
     """The manifest of the whole dataset: this run, plus the earlier runs of an incremental dataset."""
     prior = job.prior
     run = {"run_id": job.run_id, "inputs": list(inputs), "counts": counts}
@@ -559,6 +697,7 @@ def build_manifest(job: _Job, inputs: list[str], src: _Inputs, stats: _Stats, co
         totals = _accumulate(prior.extra.get("pixel_sums", {}), totals)
         fingerprint = hashlib.sha256(f"{prior.input_fingerprint}+{fingerprint}".encode()).hexdigest()[:32]
         runs = prior.runs + runs
+        files = {t: prior.files.get(t, []) + files.get(t, []) for t in TABLES}
     pixel_mean, pixel_std = _mean_std(totals, stats.channels)
     return Manifest(
         schema_version=SCHEMA_VERSION,
@@ -575,6 +714,7 @@ def build_manifest(job: _Job, inputs: list[str], src: _Inputs, stats: _Stats, co
         input_fingerprint=fingerprint,
         timings=timings,
         versions=software_versions(),
+        files=files,
         runs=runs,
         extra={
             "inputs": [{"uri": s.uri, "kind": s.kind.value} for s in src.specs],
@@ -610,12 +750,8 @@ def _label_report(cfg: PreprocessConfig, resolver: LabelResolver | None, kept: D
     if unlabeled:
         rows = kept.where(F.col("label").isNull()).select("source_uri").orderBy("source_uri").limit(EXAMPLES_CAP).collect()
         report["unlabeled_examples"] = [r["source_uri"] for r in rows]
-    if cfg.labels == LabelMode.SIDECAR and resolver is not None:
-        matched = {r["label_key"] for r in staged.select("label_key").distinct().collect() if r["label_key"] is not None}
-        unmatched = sorted(set(resolver.sidecar) - matched)
-        report["sidecar_entries"] = len(resolver.sidecar)
-        report["sidecar_unmatched"] = len(unmatched)
-        report["sidecar_unmatched_examples"] = unmatched[:EXAMPLES_CAP]
+    if resolver is not None and resolver.sidecar is not None:  # Spark joins: no per-file collect on the driver
+        report.update(resolver.sidecar.report(staged, EXAMPLES_CAP))
     return report
 
 

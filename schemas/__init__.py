@@ -15,10 +15,11 @@ from schemas.images import (
     images_spark,
     rejects_spark,
 )
-from schemas.layout import DatasetLayout, Manifest
+from schemas.layout import TABLES, DatasetDamagedError, DatasetLayout, Manifest, listed_files
 
 __all__ = [
     "DUPLICATES_ARROW",
+    "DatasetDamagedError",
     "DatasetLayout",
     "DuplicateKind",
     "IMAGES_ARROW",
@@ -26,7 +27,9 @@ __all__ = [
     "REJECTS_ARROW",
     "RejectReason",
     "SCHEMA_VERSION",
+    "TABLES",
     "duplicates_spark",
     "images_spark",
+    "listed_files",
     "rejects_spark",
 ]

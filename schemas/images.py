@@ -9,6 +9,8 @@ Version history:
   1  first version.
   2  duplicates/ gains `similarity` (the pixel test that verified a near pair; 1.0 for exact
      duplicates); a dataset may be stored with 1 channel (manifest `channels`, `--channels`).
+  3  the manifest lists every data file with its row count (`files`); readers read exactly those
+     files, so a file the manifest does not list (a crashed run's orphan) does not exist for them.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import enum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Square resolutions the models can train on (training/models.py builds its towers from these:
 # 4x4 up by stride-2 layers). Preprocessing refuses any other --resolution when the job starts, so a

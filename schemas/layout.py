@@ -4,11 +4,16 @@
       images/run_id=<run>/part-*.parquet       IMAGES_ARROW rows (one partition per run)
       rejects/run_id=<run>/part-*.parquet      REJECTS_ARROW rows
       duplicates/run_id=<run>/part-*.parquet   DUPLICATES_ARROW rows
-      manifest.json                            written last: its presence means "complete"
+      manifest.json                            written last, atomically: the commit point
       _staging/<run>/                          a run in progress (removed on commit)
+      _lock                                    held by the one writer (pid, host, start time)
 
-A run writes under _staging/ and moves its partitions into place only at the end, so a
-failed job leaves no manifest.json and nothing that looks complete.
+The manifest defines the dataset: it lists every data file with its row count (`files`), and
+readers read exactly those files, checking the counts (`listed_files`). A file under images/,
+rejects/ or duplicates/ that the manifest does not list does not exist for any reader; the next
+writer removes it. A run writes under _staging/, moves its files into their partitions, and
+then replaces manifest.json atomically: a crash before that leaves the old dataset (plus
+orphans nobody reads), a crash after it leaves the new one.
 """
 from __future__ import annotations
 
@@ -18,8 +23,16 @@ import json
 import os
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from schemas.images import SCHEMA_VERSION
 from schemas.uri import uri_to_path
+
+TABLES = ("images", "rejects", "duplicates")
+
+
+class DatasetDamagedError(ValueError):
+    """A data file the manifest lists is missing or does not hold the rows the manifest says."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +58,24 @@ class DatasetLayout:
     def manifest(self) -> str:
         return self._join("manifest.json")
 
+    @property
+    def lock(self) -> str:
+        return self._join("_lock")
+
     def staging(self, run_id: str) -> str:
         return self._join("_staging", run_id)
+
+    def table(self, name: str) -> str:
+        if name not in TABLES:
+            raise ValueError(f"unknown table {name!r}; expected one of {TABLES}")
+        return self._join(name)
+
+    def resolve(self, relpath: str) -> str:
+        """A manifest `files` path (relative to the root, '/'-separated) -> path or URI under the root."""
+        parts = relpath.split("/")
+        if relpath.startswith("/") or ".." in parts or parts[0] not in TABLES:
+            raise DatasetDamagedError(f"{self.manifest}: file entry {relpath!r} is not a path under {'/, '.join(TABLES)}/")
+        return self._join(*parts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +96,22 @@ class Manifest:
     input_fingerprint: str
     timings: dict[str, float]          # seconds per stage
     versions: dict[str, str]           # software that wrote it
+    # table -> [{"path": "images/run_id=<run>/part-....parquet", "rows": n}]: THE data files of the dataset, paths
+    # relative to the root. Nothing else under images/, rejects/, duplicates/ is part of it.
+    files: dict[str, list[dict[str, Any]]]
     runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def class_to_index(self) -> dict[str, int]:
         return {c: i for i, c in enumerate(self.classes)}
+
+    def data_files(self, table: str) -> list[tuple[str, int]]:
+        """(path relative to the root, rows) of each listed file of `table`, in listed order."""
+        return [(str(f["path"]), int(f["rows"])) for f in self.files.get(table, [])]
+
+    def rows(self, table: str) -> int:
+        return sum(n for _, n in self.data_files(table))
 
     @property
     def manifest_id(self) -> str:
@@ -85,7 +124,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
         if d.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"manifest schema_version is {d.get('schema_version')!r}, this code reads {SCHEMA_VERSION}")
+            raise ValueError(
+                f"manifest schema_version is {d.get('schema_version')!r}, this code reads {SCHEMA_VERSION} "
+                "(re-run `imagegen preprocess --overwrite` to rewrite the dataset)"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(n for n in names if n not in d and n not in ("runs", "extra"))
         if missing:
@@ -100,3 +142,26 @@ class Manifest:
             raise FileNotFoundError(f"{path} not found: {dataset_root} is not a complete imagegen dataset (no manifest)")
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def listed_files(dataset_root: str, manifest: Manifest, table: str, check_rows: bool = True) -> list[str]:
+    """Local paths of the files `manifest` lists for `table`, after checking that each exists and (check_rows, from
+    the Parquet footer only) holds exactly the rows the manifest says. Raises DatasetDamagedError otherwise."""
+    layout = DatasetLayout(uri_to_path(dataset_root))
+    paths = []
+    for rel, rows in manifest.data_files(table):
+        path = layout.resolve(rel)
+        if not os.path.isfile(path):
+            raise DatasetDamagedError(
+                f"{path}: listed in {layout.manifest} with {rows} rows but missing; the dataset is damaged "
+                "(re-run `imagegen preprocess --overwrite`)"
+            )
+        if check_rows:
+            found = pq.ParquetFile(path).metadata.num_rows
+            if found != rows:
+                raise DatasetDamagedError(
+                    f"{path}: holds {found} rows, {layout.manifest} lists {rows}; the dataset is damaged "
+                    "(re-run `imagegen preprocess --overwrite`)"
+                )
+        paths.append(path)
+    return paths

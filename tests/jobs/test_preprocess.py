@@ -13,7 +13,7 @@ from PIL import Image
 
 from jobs.preprocess import main
 from pipelines.config import LabelMode, PreprocessConfig
-from pipelines.preprocess import DatasetExistsError, run_preprocess
+from pipelines.preprocess import DatasetExistsError, InjectedFault, run_preprocess
 from schemas.images import IMAGES_ARROW, REJECTS_ARROW, SCHEMA_VERSION, RejectReason
 from schemas.layout import Manifest
 from tests.conftest import REPO
@@ -169,18 +169,15 @@ def test_overwrite_replaces_the_previous_run(spark, tmp_path):
     assert _images(out).num_rows == 2 and second.counts["inputs"] == 2
 
 
-def test_failed_run_leaves_no_manifest_and_nothing_complete(spark, tmp_path):
+def test_failed_run_leaves_no_manifest_and_nothing_complete(spark, tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.png").write_bytes(encode(photo_like(48, 48, seed=1), "PNG"))
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "_staging").write_text("a file where the staging directory must go")  # the staged write fails
-    from py4j.protocol import Py4JJavaError
-
-    with pytest.raises(Py4JJavaError, match=r"calling o\d+\.parquet"):  # the staged Parquet write under OUT/_staging
+    monkeypatch.setenv("IMAGEGEN_FAULT", "error:commit:first-move")  # fails after the commit moved images/ into place
+    with pytest.raises(InjectedFault, match="injected failure at commit:first-move"):
         run_preprocess(spark, [str(src)], str(out), PreprocessConfig(resolution=32))
-    assert not (out / "manifest.json").exists() and not (out / "images").exists() and not (out / "rejects").exists()
+    assert sorted(p.name for p in out.iterdir()) == []  # no manifest, no partitions, no staging, no lock
 
 
 def test_dry_run_counts_and_writes_nothing(tmp_path, capsys):

@@ -1,6 +1,8 @@
 """The Spark StructType and its pyarrow twin must describe the same table."""
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pytest
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -42,6 +44,7 @@ def _manifest(**overrides):
         schema_version=SCHEMA_VERSION, run_id="r1", resolution=32, channels=3, pixel_encoding="raw",
         classes=["cat", "dog"], counts={"inputs": 3, "written": 2, "rejected": {"blank": 1}}, label_counts={"cat": 1, "dog": 1},
         pixel_mean=[0.5] * 3, pixel_std=[0.2] * 3, config={}, input_fingerprint="abc", timings={}, versions={},
+        files={"images": [{"path": "images/run_id=r1/part-0.parquet", "rows": 2}], "rejects": [], "duplicates": []},
     )
     fields.update(overrides)
     return Manifest(**fields)
@@ -57,6 +60,14 @@ def test_manifest_round_trips_and_rejects_other_versions(tmp_path):
     (tmp_path / "manifest.json").write_text(_manifest(schema_version=SCHEMA_VERSION + 1).to_json())
     with pytest.raises(ValueError, match="schema_version"):
         Manifest.read(str(tmp_path))
+
+
+def test_manifest_without_a_file_list_is_refused(tmp_path):
+    d = json.loads(_manifest().to_json())
+    del d["files"]
+    with pytest.raises(ValueError, match=r"missing fields \['files'\]"):
+        Manifest.from_dict(d)
+    assert _manifest().data_files("images") == [("images/run_id=r1/part-0.parquet", 2)] and _manifest().rows("images") == 2
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path):

@@ -66,10 +66,12 @@ def write_digits_dataset(root: Path, n: int = 96, resolution: int = 32, rows_per
     part_dir = Path(layout.images) / "run_id=r0"
     part_dir.mkdir(parents=True)
     per_file = (n + files - 1) // files
+    listed = []
     for f in range(files):
         chunk = rows[f * per_file : (f + 1) * per_file]
         table = pa.Table.from_pylist(chunk, schema=IMAGES_ARROW)
         pq.write_table(table.drop(["run_id"]), part_dir / f"part-{f:05d}.parquet", row_group_size=rows_per_group)
+        listed.append({"path": f"images/run_id=r0/part-{f:05d}.parquet", "rows": len(chunk)})
     stack = np.stack([np.frombuffer(r["pixels"], np.uint8).reshape(resolution, resolution, 3) for r in rows]) / 255.0
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -86,6 +88,7 @@ def write_digits_dataset(root: Path, n: int = 96, resolution: int = 32, rows_per
         input_fingerprint="digits",
         timings={},
         versions={},
+        files={"images": listed, "rejects": [], "duplicates": []},
     )
     Path(layout.manifest).write_text(manifest.to_json())
     return root

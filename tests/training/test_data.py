@@ -330,6 +330,9 @@ def test_spark_style_layout_with_several_runs_and_marker_files(digits_dataset, t
     shutil.move(images / "run_id=r0" / "part-00001.parquet", images / "run_id=r1" / "part-00000.parquet")
     (images / "run_id=r0" / "_SUCCESS").write_bytes(b"")
     (images / "run_id=r1" / ".part-00000.parquet.crc").write_bytes(b"not parquet")
+    manifest = json.loads(Path(DatasetLayout(str(root)).manifest).read_text())
+    manifest["files"]["images"][1]["path"] = "images/run_id=r1/part-00000.parquet"
+    Path(DatasetLayout(str(root)).manifest).write_text(json.dumps(manifest))
     truth = _truth(digits_dataset, 32)
     for reader in READERS:
         with open_loader(_cfg(root, reader, batch_size=8)) as loader:
