@@ -70,7 +70,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         overrides["dedup"] = False
     if args.config:
         return PreprocessConfig.from_yaml(args.config, **overrides)
-    return PreprocessConfig(**overrides)
+    return PreprocessConfig.from_dict(overrides, source="command line")
 
 
 def _under_spark_submit() -> bool:
@@ -99,12 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         cfg.check_job()
-    except (ValueError, OSError) as exc:
-        print(f"imagegen preprocess: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # before Spark starts: one line per problem, no traceback
+        for line in str(exc).splitlines():
+            print(f"imagegen preprocess: {line}", file=sys.stderr)
         return 2
     print("imagegen preprocess config:", json.dumps(cfg.to_dict(), sort_keys=True), flush=True)
 
-    from pipelines.preprocess import DatasetExistsError, NothingWrittenError, plan_preprocess, run_preprocess
+    from pipelines.lock import LockedError
+    from pipelines.preprocess import DatasetExistsError, NotADatasetError, NothingWrittenError, plan_preprocess, run_preprocess
     from pipelines.spark import get_spark
 
     if _under_spark_submit():
@@ -124,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run_preprocess(spark, args.inputs, args.output, cfg)
         return 0
-    except (DatasetExistsError, FileNotFoundError, ValueError) as exc:
+    except (DatasetExistsError, NotADatasetError, FileNotFoundError, ValueError) as exc:
         print(f"imagegen preprocess: {exc}", file=sys.stderr)
         return 2
+    except LockedError as exc:
+        print(f"imagegen preprocess: {exc}", file=sys.stderr)
+        return 3
     except NothingWrittenError as exc:
         print(f"imagegen preprocess: failed: {exc}", file=sys.stderr)
         return 1
