@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from schemas.config import check_fields, read_yaml
 from training.config import Backend, GanLoss, ModelKind, Precision, ReaderKind, TrainConfig
 
 
@@ -87,30 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
+    """Flags over the YAML file over the defaults; each checked (schemas/config.py) under its own source, before
+    torch is imported. A bad configuration raises SystemExit with one line per problem (main exits 2)."""
     ns = build_parser().parse_args(argv)
-    values: dict[str, Any] = {}
-    if ns.config:
-        loaded = yaml.safe_load(Path(ns.config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise SystemExit(f"--config {ns.config}: expected a mapping of TrainConfig fields, found {type(loaded).__name__}")
-        values.update(loaded)
     flags = {k: v for k, v in vars(ns).items() if k not in ("config", "launcher", "num_proc", "start_timeout")}
     if "lr" in flags:
         lr = flags.pop("lr")
         flags.setdefault("lr_g", lr)
         flags.setdefault("lr_d", lr)
         flags.setdefault("lr_vae", lr)
-    if "steps" in flags:
-        values.pop("epochs", None)
-    if "epochs" in flags:
-        values.pop("steps", None)
-    values.update(flags)
-    if "data" not in values:
-        raise SystemExit("imagegen train: --data OUT is required (or `data:` in --config)")
     try:
-        return TrainConfig.from_dict(values), ns
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"imagegen train: bad configuration: {e}") from e
+        values = check_fields(TrainConfig, read_yaml(ns.config), ns.config, what="training config") if ns.config else {}
+        if "steps" in flags:
+            values.pop("epochs", None)
+        if "epochs" in flags:
+            values.pop("steps", None)
+        values.update(check_fields(TrainConfig, flags, "command line", what="training config"))
+        if "data" not in values:
+            raise SystemExit("imagegen train: --data OUT is required (or `data:` in --config)")
+        return TrainConfig(**values), ns
+    except (TypeError, ValueError, OSError) as e:
+        raise SystemExit("\n".join(f"imagegen train: {line}" for line in str(e).splitlines())) from None
 
 
 def _spark_rank(config: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +136,13 @@ def run_on_spark(config: TrainConfig, num_proc: int, start_timeout: int) -> list
 
 
 def main(argv: list[str]) -> int:
-    config, ns = config_from_args(argv)
+    try:
+        config, ns = config_from_args(argv)
+    except SystemExit as e:
+        if not isinstance(e.code, str):  # argparse (--help: 0, a bad flag: 2) has printed already
+            raise
+        print(e.code, file=sys.stderr, flush=True)  # a bad configuration: its lines, no traceback
+        return 2
     if Launcher(ns.launcher) == Launcher.SPARK:
         print(f"[train] launching {ns.num_proc} horovod ranks on Spark; config:\n{config.to_json()}", flush=True)
         results = run_on_spark(config, ns.num_proc, ns.start_timeout)

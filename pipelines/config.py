@@ -6,8 +6,7 @@ import enum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from schemas.config import check_fields, read_yaml
 from schemas.images import TRAINABLE_RESOLUTIONS
 from schemas.pixels import PixelEncoding
 
@@ -116,23 +115,18 @@ class PreprocessConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown preprocess config keys {unknown}; known: {sorted(names)}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "PreprocessConfig":
+        """Typed and strict (schemas/config.py): an unknown key or a value of the wrong type raises ConfigError,
+        one line per problem naming `source` and the key."""
+        return cls(**check_fields(cls, d, source, what="preprocess config"))
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "PreprocessConfig":
-        """YAML file, then `overrides` (CLI flags that were given) on top."""
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a YAML mapping of config keys, found {type(data).__name__}")
-        data = {k.replace("-", "_"): v for k, v in data.items()}
-        data.update(overrides)
-        return cls.from_dict(data)
+        """YAML file, then `overrides` (CLI flags that were given) on top; each checked under its own source."""
+        data = read_yaml(path)
+        values = check_fields(cls, data, str(path), what="preprocess config")
+        values.update(check_fields(cls, overrides, "command line", what="preprocess config"))
+        return cls(**values)
 
 
 def parse_labels_arg(value: str) -> tuple[LabelMode, str | None]:

@@ -20,6 +20,8 @@ import json
 import typing
 from typing import Any
 
+from schemas.config import check_fields
+
 
 class ModelKind(str, enum.Enum):
     DCGAN = "dcgan"
@@ -134,12 +136,10 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; known: {sorted(names)}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """Typed and strict (schemas/config.py): an unknown key or a value of the wrong type raises ConfigError,
+        one line per problem naming `source` and the key."""
+        return cls(**check_fields(cls, d, source, what="training config"))
 
 
 def _plain(v: Any) -> Any:
