@@ -302,10 +302,13 @@ def test_odd_names_read_from_real_files_keep_their_spelling(tmp_path):
     def one(name, seed, ops):
         data = _apply(seed, ops)
         batch, uri = _staged(tmp_path, name, data)
+        t0 = time.process_time()
         try:
             out = decode_batch(batch, CFG, run_id, None).to_pylist()
         finally:
             (tmp_path / name).unlink()
+        tally.worst_cpu_s = max(tally.worst_cpu_s, time.process_time() - t0)
+        assert tally.worst_cpu_s < CPU_LIMIT_S
         assert len(out) == 1 and out[0]["source_uri"] == uri
         expected = process_image(data, uri, CFG) if data else None
         if out[0]["kind"] == "image":
