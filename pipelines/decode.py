@@ -358,6 +358,8 @@ def decode_batch(batch: pa.RecordBatch, cfg: PreprocessConfig, run_id: str, labe
     rel_paths = batch.column("rel_path").to_pylist()
     errors = batch.column("source_error").to_pylist()
     lengths = batch.column("length").to_pylist()
+    # Sidecar labels arrive as columns joined to the source rows (labels.Sidecar.attach), not in the closure.
+    given = (batch.column("label").to_pylist(), batch.column("label_key").to_pylist()) if "label_key" in batch.schema.names else None
     contents = batch.column("content")
     read_uris = batch.column("read_uri").to_pylist() if "read_uri" in batch.schema.names else [None] * len(uris)
     rows: list[dict[str, Any]] = []
@@ -383,14 +385,14 @@ def decode_batch(batch: pa.RecordBatch, cfg: PreprocessConfig, run_id: str, labe
         if isinstance(result, Reject):
             row = {"kind": KIND_REJECT, "source_uri": uri, "reason": result.reason.value, "detail": result.detail, "run_id": run_id}
             if labels is not None:  # the sidecar key a rejected file matched still matched a file
-                row["label_key"] = labels.resolve(rel_paths[i], uri)[1]
+                row["label_key"] = given[1][i] if given is not None else labels.resolve(rel_paths[i], uri)[1]
             rows.append(row)
             continue
         row = result.row
         row["kind"] = KIND_IMAGE
         row["run_id"] = run_id
         if labels is not None:
-            row["label"], row["label_key"] = labels.resolve(rel_paths[i], uri)
+            row["label"], row["label_key"] = (given[0][i], given[1][i]) if given is not None else labels.resolve(rel_paths[i], uri)
         rows.append(row)
         image_rows.append(row)
         grays.append(result.gray)

@@ -34,14 +34,11 @@ def test_json_sidecar_object_and_list():
         parse_sidecar("", "labels.yaml")
 
 
-def test_sidecar_matching_order_uri_then_relative_then_basename():
-    r = LabelResolver(LabelMode.SIDECAR, {"file:/d/a/x.jpg": "by-uri", "a/x.jpg": "by-rel", "x.jpg": "by-base", "y.jpg": "y"})
-    assert r.resolve("a/x.jpg", "file:/d/a/x.jpg") == ("by-uri", "file:/d/a/x.jpg")
-    assert r.resolve("b/x.jpg", "file:/d/b/x.jpg") == ("by-base", "x.jpg")
-    assert r.resolve("a/x.jpg", "file:/e/a/x.jpg") == ("by-rel", "a/x.jpg")
-    assert r.resolve("m/y.jpg", "file:/s.tar#m/y.jpg") == ("y", "y.jpg")  # tar member basename
-    assert r.resolve("z.jpg", "file:/d/z.jpg") == (None, None)
+def test_dirs_resolver_and_sidecar_matching_is_a_spark_join():
+    # Sidecar matching (URI, then relative path, then basename; literal keys) runs as a Spark join and is
+    # tested in test_labels_strict.py; the resolver itself only labels from directories.
     assert LabelResolver(LabelMode.DIRS).resolve("k/z.jpg", "file:/d/k/z.jpg") == ("k", None)
+    assert LabelResolver(LabelMode.SIDECAR).resolve("a/x.jpg", "file:/d/a/x.jpg") == (None, None)
 
 
 def test_labels_argument_and_config_validation():
