@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", dest="num_samples", type=int, default=S)
     p.add_argument("--log-every", dest="log_every", type=int, default=S, help="steps averaged into one metrics row")
     p.add_argument("--progress", type=_bool, default=S, help="tqdm progress line on rank 0 (default true)")
-    p.add_argument("--resume", default=S, help="none (default) | auto | PATH of a checkpoint")
+    p.add_argument("--resume", default=S, help="none (default: refuse a RUN with checkpoints) | auto (newest valid; refuse if none is) | "
+                   "fresh (start over; existing checkpoints are moved aside) | PATH of a checkpoint")
     p.add_argument("--deterministic", type=_bool, default=S)
     p.add_argument("--debug-probe", dest="debug_probe", type=_bool, default=S, help="write RUN/probe/rank-<r>.json")
     p.add_argument("--launcher", choices=_values(Launcher), default=Launcher.NONE.value)

@@ -16,6 +16,7 @@ import io
 import os
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def save(run_dir: str | os.PathLike, step: int, payload: dict[str, Any], keep: int = 3) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep` (keep <= 0: keep all)."""
+    """Write checkpoint `step` atomically, then rotate: keep the newest `keep` VALID checkpoints (keep <= 0: keep all).
+    Invalid files (hash mismatch, missing sidecar) are removed, never counted among the kept, so a valid checkpoint is
+    never deleted in favour of an invalid one."""
     path = path_for(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -56,10 +59,31 @@ def save(run_dir: str | os.PathLike, step: int, payload: dict[str, Any], keep: i
     _atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
     _atomic_write(path, data)
     if keep > 0:
-        for old in list_checkpoints(run_dir)[:-keep]:
+        kept = 0
+        for old in reversed(list_checkpoints(run_dir)):
+            if old != path and verify_error(old) is not None:
+                print(f"[checkpoint] removing invalid checkpoint {old.name}: {verify_error(old)}", flush=True)
+            elif kept < keep:
+                kept += 1
+                continue
             old.unlink(missing_ok=True)
             old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+    for orphan in checkpoint_dir(run_dir).glob("*.tmp"):  # a write killed before its os.replace
+        orphan.unlink(missing_ok=True)
     return path
+
+
+def verify_error(path: Path) -> str | None:
+    """Why `path` fails its sha256 sidecar check, or None when it passes (reads the file; no unpickling)."""
+    side = path.with_name(path.name + ".sha256")
+    if not path.is_file():
+        return "no such file"
+    if not side.is_file():
+        return f"missing integrity sidecar {side.name} (incomplete write?)"
+    expected, found = side.read_text().strip(), hashlib.sha256(path.read_bytes()).hexdigest()
+    if expected != found:
+        return f"sha256 is {found}, sidecar says {expected}: corrupt or truncated"
+    return None
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -92,13 +116,35 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
 
 
 def find_latest_valid(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
-    """Newest checkpoint that verifies and loads; invalid newer ones are reported and skipped."""
-    for path in reversed(list_checkpoints(run_dir)):
+    """Newest checkpoint that verifies and loads; invalid newer ones are reported and skipped. None when there are no
+    checkpoint files at all; CheckpointError when there are some and none is valid (a silent restart at step 0 would
+    then rotate the invalid files away and lose the run's history)."""
+    problems = []
+    candidates = list_checkpoints(run_dir)
+    for path in reversed(candidates):
         try:
             return path, load(path)
         except CheckpointError as e:
+            problems.append(str(e))
             print(f"[checkpoint] skipping invalid checkpoint: {e}", flush=True)
+    if candidates:
+        raise CheckpointError(
+            f"none of the {len(candidates)} checkpoint(s) in {checkpoint_dir(run_dir)} is valid (newest: {problems[0]}); "
+            "pass --resume fresh to start over at step 0 (they are moved aside, not deleted), or --resume PATH"
+        )
     return None
+
+
+def move_aside(run_dir: str | os.PathLike) -> Path | None:
+    """--resume fresh: move every checkpoint file (and sidecar) to checkpoints/replaced-<time>/; returns that folder."""
+    files = [p for p in checkpoint_dir(run_dir).glob("ckpt-*") if p.is_file()]
+    if not files:
+        return None
+    dest = checkpoint_dir(run_dir) / time.strftime("replaced-%Y%m%dT%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in files:
+        os.replace(p, dest / p.name)
+    return dest
 
 
 # ----------------------------------------------------------------------------- RNG states as plain values

@@ -54,7 +54,8 @@ class Precision(str, enum.Enum):
 
 class Resume(str, enum.Enum):
     NONE = "none"  # fresh run; refuses a RUN/ that already has checkpoints
-    AUTO = "auto"  # newest valid checkpoint in RUN/checkpoints, or fresh if there is none
+    AUTO = "auto"  # newest valid checkpoint in RUN/checkpoints, or fresh if there is none; refuses if none is valid
+    FRESH = "fresh"  # start at step 0 whatever RUN/checkpoints holds: its files move to RUN/checkpoints/replaced-<time>/
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +94,7 @@ class TrainConfig:
     num_samples: int = 64                    # images in a sample grid (fixed latents)
     log_every: int = 10                      # steps per metrics.jsonl / TensorBoard row: the mean over those steps and ranks
     progress: bool = True                    # tqdm progress line on rank 0 (step, averaged losses, images/s, ETA)
-    resume: str = Resume.NONE.value          # "none" | "auto" | path to a checkpoint file
+    resume: str = Resume.NONE.value          # "none" | "auto" | "fresh" | path to a checkpoint file
     deterministic: bool = False              # torch.use_deterministic_algorithms(True) (exact resume tests)
     debug_probe: bool = False                # write RUN/probe/rank-<r>.json (ids seen, parameter hash, metrics)
 

@@ -205,6 +205,10 @@ def _training_loop(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> TrainResu
     if dist.is_main():
         if cfg.resume == Resume.AUTO.value:
             found = checkpoint.find_latest_valid(run_dir)
+        elif cfg.resume == Resume.FRESH.value:
+            aside = checkpoint.move_aside(run_dir)
+            if aside is not None:
+                print(f"[train] --resume fresh: moved the existing checkpoints to {aside}", flush=True)
         elif cfg.resume == Resume.NONE.value:
             existing = checkpoint.list_checkpoints(run_dir)
             if existing:

@@ -89,3 +89,35 @@ def test_rng_state_roundtrip_through_a_file(tmp_path: Path) -> None:
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert [random.random() for _ in range(3)] == expected[2]
+
+
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_rotation_never_deletes_a_valid_checkpoint_for_an_invalid_one(tmp_path: Path) -> None:
+    # A previous life left invalid checkpoints at higher steps; this life resumed from step 2 and saves 3, 4, 5.
+    for step in (2, 8, 9):
+        checkpoint.save(tmp_path, step, _payload(step), keep=0)
+    for step in (8, 9):
+        _corrupt(checkpoint.path_for(tmp_path, step))
+    for step in (3, 4, 5):
+        checkpoint.save(tmp_path, step, _payload(step), keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["ckpt-00000004.pt", "ckpt-00000004.pt.sha256", "ckpt-00000005.pt", "ckpt-00000005.pt.sha256"]
+    path, loaded = checkpoint.find_latest_valid(tmp_path)
+    assert path.name == "ckpt-00000005.pt" and loaded["step"] == 5
+
+
+def test_every_checkpoint_invalid_is_refused_not_restarted(tmp_path: Path) -> None:
+    for step in (1, 2):
+        checkpoint.save(tmp_path, step, _payload(step), keep=0)
+        _corrupt(checkpoint.path_for(tmp_path, step))
+    with pytest.raises(checkpoint.CheckpointError, match=r"none of the 2 checkpoint\(s\) in .* is valid .*--resume fresh"):
+        checkpoint.find_latest_valid(tmp_path)
+    aside = checkpoint.move_aside(tmp_path)
+    assert sorted(p.name for p in aside.iterdir()) == [
+        "ckpt-00000001.pt", "ckpt-00000001.pt.sha256", "ckpt-00000002.pt", "ckpt-00000002.pt.sha256"]
+    assert checkpoint.find_latest_valid(tmp_path) is None

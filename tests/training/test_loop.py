@@ -221,3 +221,19 @@ def test_resume_does_not_repeat_metric_rows(tiny_dataset: Path, tmp_path: Path) 
     assert result.resumed_from == str(checkpoint.path_for(run, 2))
     assert [r["step"] for r in _rows(run)] == [1, 2, 3, 4, 5, 6]
     assert truncate_metrics(run / "metrics.jsonl", 6) == 0
+
+
+def test_resume_auto_refuses_when_every_checkpoint_is_invalid_and_fresh_starts_over(tiny_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = dict(data=str(tiny_dataset), run_dir=str(run), model="vae", ckpt_every=1, keep_ckpts=0, sample_every=0, **TINY)
+    train(TrainConfig(steps=2, **common))
+    for step in (1, 2):
+        p = checkpoint.path_for(run, step)
+        p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(checkpoint.CheckpointError, match="none of the 2 checkpoint"):
+        train(TrainConfig(steps=3, resume="auto", **common))
+    assert sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.pt")) == ["ckpt-00000001.pt", "ckpt-00000002.pt"]
+    result = train(TrainConfig(steps=2, resume="fresh", **common))
+    assert result.resumed_from is None and result.step == 2
+    assert checkpoint.load(result.checkpoint)["step"] == 2 and Path(result.checkpoint).exists()
+    assert len(list((run / "checkpoints").glob("replaced-*/ckpt-*.pt"))) == 2
