@@ -57,12 +57,14 @@ How local inputs are listed (`_plan_files`, `_walk_partition`, `_local_frame`):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
 import glob
 import os
 import posixpath
+import re
 import stat
 import tarfile
 from collections import defaultdict, deque
@@ -854,6 +856,28 @@ def _parquet_frame(spark: SparkSession, spec: InputSpec, cfg: PreprocessConfig) 
     )
 
 
+class UnreadableInputError(ValueError):
+    """An input the job cannot read at all (a corrupt Parquet file), in one line naming it."""
+
+
+@contextlib.contextmanager
+def _unreadable_parquet(spec: InputSpec) -> Iterator[None]:
+    """Spark's footer and scan failures (CANNOT_READ_FILE_FOOTER, FAILED_READ_FILE, ...) reach Python as a
+    Py4J error with a JVM trace; this turns them into one line naming the file Spark names."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    try:
+        yield
+    except (Py4JJavaError, PySparkException) as exc:
+        text = str(exc)
+        found = re.search(r"\bfile:? +(\S+?)\.?(?:\s|$)", text)
+        name = hadoop_spelling(found.group(1)) if found else spec.uri
+        kind = re.search(r"\[([A-Z][A-Z_.]+)\]", text)
+        raise UnreadableInputError(f"{name}: not a readable Parquet file ({kind.group(1) if kind else type(exc).__name__}, "
+                                   f"input {spec.uri}); repair or remove it") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Sources:
     df: DataFrame           # SOURCE_ARROW columns, one row per input
@@ -882,8 +906,9 @@ def load_sources(spark: SparkSession, specs: list[InputSpec], cfg: PreprocessCon
             n, skipped = count_tar_members(spark, list(spec.paths), cfg.max_file_bytes)
             sidecars += skipped
         elif spec.kind == InputKind.PARQUET:
-            df = _parquet_frame(spark, spec, cfg)
-            n = df.count()  # from the Parquet footers
+            with _unreadable_parquet(spec):
+                df = _parquet_frame(spark, spec, cfg)
+                n = df.count()  # from the Parquet footers
         else:
             raise ValueError(f"unknown input kind {spec.kind!r}")
         frames.append(df)

@@ -12,7 +12,13 @@ import pytest
 
 from jobs.preprocess import main as preprocess_main
 from pipelines.config import LabelMode, PreprocessConfig
-from pipelines.labels import LabelResolver, Sidecar, SidecarError, label_from_dirs, parse_sidecar
+from pipelines.labels import (
+    LabelResolver,
+    Sidecar,
+    SidecarError,
+    label_from_dirs,
+    parse_sidecar,
+)
 from pipelines.preprocess import run_preprocess
 from pipelines.sources import classify, load_sources
 from tests.pipelines.imagefactory import encode, photo_like
@@ -83,7 +89,7 @@ def test_sidecar_labels_are_nfc_too():
 
 # ----------------------------------------------------------------------------- broken sidecars: one line each
 BROKEN = [
-    ("dup.csv", "path,label\na.jpg,x\nb.jpg,y\na.jpg,z\n".encode(),
+    ("dup.csv", b"path,label\na.jpg,x\nb.jpg,y\na.jpg,z\n",
      r"dup\.csv: line 4: key 'a\.jpg' is already given on line 2; keep one entry per path"),
     ("dup.json", b'{\n  "a.jpg": "x",\n  "b.jpg": "y",\n  "a.jpg": "z"\n}\n',
      r"dup\.json: line 4: key 'a\.jpg' is already given on line 2; keep one entry per path"),
