@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import dedup_eval
+from schemas import SCHEMA_VERSION, Manifest
 from schemas.images import DUPLICATES_ARROW
 
 # Truth: {a1, a2, a3}, {b1, b2}, {c1}, {d1}. Our decisions: a2, a3 -> a1 (right), b2 -> c1 (wrong
@@ -30,6 +31,15 @@ def dataset(tmp_path):
     img = out / "images" / "run_id=r1"
     img.mkdir(parents=True)
     pq.write_table(pa.table({"source_uri": ["a1", "b1", "c1"]}), img / "part-0.parquet")  # d1 was rejected
+    # an unlisted orphan (a crashed run's): dedup-eval must not read it
+    (out / "duplicates" / "run_id=crashed").mkdir()
+    pq.write_table(table.drop(["run_id"]), out / "duplicates" / "run_id=crashed" / "part-0.parquet")
+    files = {"images": [{"path": "images/run_id=r1/part-0.parquet", "rows": 3}], "rejects": [],
+             "duplicates": [{"path": "duplicates/run_id=r1/part-0.parquet", "rows": len(DUPS)}]}
+    (out / "manifest.json").write_text(Manifest(
+        schema_version=SCHEMA_VERSION, run_id="r1", resolution=32, channels=3, pixel_encoding="raw", classes=[],
+        counts={}, label_counts={}, pixel_mean=[0.5] * 3, pixel_std=[0.2] * 3, config={}, input_fingerprint="x",
+        timings={}, versions={}, files=files).to_json())
     csv_path = tmp_path / "truth.csv"
     csv_path.write_text("source_uri,group\n" + "".join(f"{u},{g}\n" for g, us in TRUTH.items() for u in us))
     json_path = tmp_path / "truth.json"
@@ -59,18 +69,18 @@ def test_perfect_and_empty_decisions():
 
 def test_cli_prints_scores_and_rejects_bad_truth(dataset, tmp_path, venv_bin, subprocess_env):
     out, csv_path, _ = dataset
-    run = subprocess.run([str(venv_bin / "imagegen"), "dedup-eval", "--duplicates", str(out / "duplicates"), "--truth", str(csv_path), "--json"],
+    run = subprocess.run([str(venv_bin / "imagegen"), "dedup-eval", "--duplicates", str(out / "duplicates" / "run_id=r1"), "--truth", str(csv_path), "--json"],
                          capture_output=True, text=True, env=subprocess_env, timeout=120)
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout)
     assert (got["precision"], got["recall"], got["true_positive_pairs"]) == (0.75, 0.75, 3)
-    run = subprocess.run([str(venv_bin / "imagegen"), "dedup-eval", "--duplicates", str(out / "duplicates"), "--truth", str(csv_path)],
+    run = subprocess.run([str(venv_bin / "imagegen"), "dedup-eval", "--duplicates", str(out / "duplicates" / "run_id=r1"), "--truth", str(csv_path)],
                          capture_output=True, text=True, env=subprocess_env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "false merges (distinct images we merged), first 1:" in run.stdout and "pHash distance 9, similarity 0.9100" in run.stdout
     assert "misses (copies we kept apart), first 1:" in run.stdout
     bad = tmp_path / "bad.csv"
     bad.write_text("uri,cluster\na1,A\n")
-    run = subprocess.run([str(venv_bin / "imagegen"), "dedup-eval", "--duplicates", str(out / "duplicates"), "--truth", str(bad)],
+    run = subprocess.run([str(venv_bin / "imagegen"), "dedup-eval", "--duplicates", str(out / "duplicates" / "run_id=r1"), "--truth", str(bad)],
                          capture_output=True, text=True, env=subprocess_env, timeout=120)
     assert run.returncode == 2 and "expected a CSV header with columns source_uri,group" in run.stderr
