@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", type=_bool, default=S, help="tqdm progress line on rank 0 (default true)")
     p.add_argument("--resume", default=S, help="none (default: refuse a RUN with checkpoints) | auto (newest valid; refuse if none is) | "
                    "fresh (start over; existing checkpoints are moved aside) | PATH of a checkpoint")
+    p.add_argument("--init-from", dest="init_from", default=S, help="warm start: weights of this checkpoint (new classes grown)")
     p.add_argument("--deterministic", type=_bool, default=S)
     p.add_argument("--debug-probe", dest="debug_probe", type=_bool, default=S, help="write RUN/probe/rank-<r>.json")
     p.add_argument("--launcher", choices=_values(Launcher), default=Launcher.NONE.value)

@@ -95,6 +95,9 @@ class TrainConfig:
     log_every: int = 10                      # steps per metrics.jsonl / TensorBoard row: the mean over those steps and ranks
     progress: bool = True                    # tqdm progress line on rank 0 (step, averaged losses, images/s, ETA)
     resume: str = Resume.NONE.value          # "none" | "auto" | "fresh" | path to a checkpoint file
+    init_from: str | None = None             # warm start: model weights from this checkpoint (label embeddings grown
+                                             # for new classes, training/warmstart.py); fresh optimizer, step 0.
+                                             # A checkpoint found by --resume auto takes precedence (a resumed night)
     deterministic: bool = False              # torch.use_deterministic_algorithms(True) (exact resume tests)
     debug_probe: bool = False                # write RUN/probe/rank-<r>.json (ids seen, parameter hash, metrics)
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training import checkpoint, dist, losses, models, sample
+from training import checkpoint, dist, losses, models, sample, warmstart
 from training.config import ModelKind, Precision, Resume, TrainConfig
 from training.data import Batch, LoaderConfig, open_loader, to_model_input
 
@@ -234,6 +234,13 @@ def _training_loop(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> TrainResu
             checkpoint.set_rng_state(ck["rng"])
             step, epoch, step_in_epoch = ck["step"], ck["epoch"], ck["step_in_epoch"]
             print(f"[train] resumed from {path} at step {step} (epoch {epoch}, step {step_in_epoch})", flush=True)
+        elif cfg.init_from:
+            ck = checkpoint.load(cfg.init_from)
+            if ck["model_spec"]["kind"] != spec_dict["kind"]:
+                raise ValueError(f"--init-from {cfg.init_from} holds a {ck['model_spec']['kind']}, this run trains a {spec_dict['kind']}")
+            done = warmstart.warm_start({k: raw[k] for k in ck["models"] if k in raw}, ck, list(manifest.classes))
+            print(f"[train] warm start from {cfg.init_from} (step {ck['step']}): classes {done['from_classes']} -> "
+                  f"{done['to_classes']}{', grew ' + ', '.join(done['grown']) if done['grown'] else ''}", flush=True)
     step, epoch, step_in_epoch, resumed_from = dist.broadcast_object(
         (step, epoch, step_in_epoch, str(found[0]) if found else None))
     start_step = step
