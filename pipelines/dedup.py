@@ -9,13 +9,21 @@ The pieces are pure DataFrame -> DataFrame functions, composed by `deduplicate`:
 2. `exact_groups`    images with the same sha256 of the original bytes, or the same sha256 of the
                      normalised pixels, are ONE picture ("exact": same bytes or same normalised pixels);
                      the best-ranked member represents the group. Only representatives go on to 3-5.
-3. `candidate_pairs` multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012): the 64-bit pHash is cut
+3. candidates      two generators of the pairs within pHash distance D, chosen by `choose_method`:
+   `candidate_pairs` multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012): the 64-bit pHash is cut
                      into m bands; a pair within Hamming distance D has some band within r = D // m
                      (generalised pigeonhole), so an equi-join of (band, value XOR mask) for all masks of
                      weight <= r against (band, value) finds every pair within D; the exact distance then
                      filters them. The result equals the all-pairs result (tests check it against
                      brute force). `choose_bands` picks m from N and D with a cost model; hot buckets
-                     are salted so that one (band, value) key cannot stall a task.
+                     are salted so that one (band, value) key cannot stall a task. Its cost per image
+                     grows with N (the buckets fill), so it serves small runs and small D.
+   `lsh_pairs`       sorted-window bit-sampling LSH: G coarse groups (a key of a few sampled bits, one
+                     Spark row per image and group), and inside each group T sub-tables that sort the
+                     group by 32 other sampled bits and compare every hash with its W successors in
+                     numpy. Work per image is G * T * W comparisons at any N (bounded buckets), and
+                     it finds a measured share of the pairs (recall, bench/dedup.py, docs/dedup.md);
+                     groups of at most `lsh_exact_rows` rows are compared all-pairs (exact).
 4. `verify`          a second, pixel-level check of every candidate pair on the stored normalised
                      pixels (pipelines/similarity.py): the pair is a duplicate only when its similarity
                      is >= `min_similarity`. pHash alone merges distinct thin, low-entropy images (digits,
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 from collections.abc import Iterator
 from functools import reduce
@@ -54,6 +63,12 @@ HASH_BITS = 64  # imagehash pHash, hash_size 8
 LOSSY_FORMATS = ("JPEG", "MPO", "WEBP", "JPEG2000")
 
 
+class CandidateMethod(str, enum.Enum):
+    AUTO = "auto"    # EXACT while its cost model is at most exact_max_rows_per_image, else LSH
+    EXACT = "exact"  # multi-index hashing: every pair within D; rows per image grow with N
+    LSH = "lsh"      # sorted-window LSH: bounded work per image, recall measured (docs/dedup.md)
+
+
 class VerifyMode(str, enum.Enum):
     NONE = "none"      # trust the 64-bit pHash alone (similarity is recorded as NaN)
     PIXELS = "pixels"  # also require pixel similarity >= min_similarity (pipelines/similarity.py)
@@ -69,6 +84,25 @@ class DedupConfig:
     # A (band, value) bucket of more index rows than this is split into ceil(count / cap) salted
     # sub-buckets, each joined in its own task.
     hot_bucket_cap: int = 2000
+    # Candidate generator (CandidateMethod). AUTO keeps the exact search where it is cheap (small runs,
+    # small D) and switches to LSH above exact_max_rows_per_image join rows per image (mih_cost / N).
+    candidates: CandidateMethod = CandidateMethod.AUTO
+    exact_max_rows_per_image: float = 1000.0
+    # LSH (lsh_pairs): coarse groups G (Spark rows per image), sub-tables T per group, window W (successors
+    # compared per hash and sub-table). Work per image = G * T * W = 2,560 popcounts; recall >= 0.99 of the
+    # pairs within D = 12 on the clustered bench hashes at 1M and 4M (bench/dedup.py, docs/dedup.md).
+    lsh_groups: int = 32
+    lsh_subtables: int = 10
+    lsh_window: int = 8
+    # Rows per coarse group at most (on average): the group key gets ceil(log2(N / this)) bits, so one
+    # group's numpy arrays stay ~17 bytes x 2^22 = 68 MiB (plus ~100 MiB of sort temporaries) per task at
+    # any N. Key bits cost recall (a pair must agree on them for all T sub-tables of the group), so the
+    # groups are as large as a task comfortably holds.
+    lsh_max_group_rows: int = 1 << 22
+    # A group of at most this many rows is compared all-pairs (n^2 / 2 popcounts: 2M at 2,048), so small
+    # runs get every pair within D.
+    lsh_exact_rows: int = 2048
+    lsh_seed: int = 0
     verify: VerifyMode = VerifyMode.PIXELS
     # Min pixel similarity of a verified pair (pipelines/similarity.py, measured in docs/dedup.md).
     min_similarity: float = similarity.DEFAULT_MIN_SIMILARITY
@@ -96,6 +130,11 @@ class DedupConfig:
             raise ValueError(f"min_similarity must be in -1.0..1.0, got {self.min_similarity}")
         if not isinstance(self.verify, VerifyMode):
             raise TypeError(f"verify must be a VerifyMode, got {self.verify!r}")
+        if not isinstance(self.candidates, CandidateMethod):
+            raise TypeError(f"candidates must be a CandidateMethod, got {self.candidates!r}")
+        if min(self.lsh_groups, self.lsh_subtables, self.lsh_window, self.lsh_max_group_rows, self.lsh_exact_rows) < 1:
+            raise ValueError(f"lsh_groups, lsh_subtables, lsh_window, lsh_max_group_rows and lsh_exact_rows must be >= 1, got "
+                             f"{self.lsh_groups}, {self.lsh_subtables}, {self.lsh_window}, {self.lsh_max_group_rows}, {self.lsh_exact_rows}")
 
 
 # ----------------------------------------------------------------------------- band choice
@@ -288,6 +327,176 @@ def candidate_pairs(hashes: DataFrame, distance: int, bands: int, radius: int, h
         .filter(F.col("distance") <= distance)
         .select(F.least("q_id", "i_id").alias("src"), F.greatest("q_id", "i_id").alias("dst"), "distance")
     )
+
+
+# ----------------------------------------------------------------------------- 3b. LSH candidates
+_POP16 = np.array([i.bit_count() for i in range(1 << 16)], dtype=np.uint8)  # popcount of a 16-bit word
+LSH_KEY_BITS = 32  # sampled bits a sub-table sorts by (two 16-bit radix passes)
+LSH_PAIRS_SCHEMA = "src long, dst long, distance int"
+
+
+def group_key_bits(n_rows: int, max_group_rows: int) -> int:
+    """Bits of the coarse group key: the fewest that make the average group <= max_group_rows rows."""
+    return max(0, math.ceil(math.log2(max(n_rows, 1) / max_group_rows)))
+
+
+def lsh_group_positions(seed: int, group: int, key_bits: int) -> list[int]:
+    """Hash bit positions (0 = least significant) of coarse group `group`'s key, deterministic in (seed, group)."""
+    return [int(b) for b in np.random.default_rng([seed, group]).permutation(HASH_BITS)[:key_bits]]
+
+
+def lsh_subtable_positions(seed: int, group: int, table: int, exclude: list[int]) -> list[int]:
+    """The LSH_KEY_BITS positions sub-table `table` of `group` sorts by (most significant first); never the
+    group's own key bits, which are equal inside a group."""
+    rest = [int(b) for b in np.random.default_rng([seed, group, 1 + table]).permutation(HASH_BITS) if b not in exclude]
+    return rest[:LSH_KEY_BITS]
+
+
+def _key_luts(positions: list[int]) -> np.ndarray:
+    """(8, 256) uint32: lut[i][v] = the key bits that byte i (little-endian) of the hash contributes when it is v."""
+    lut = np.zeros((8, 256), dtype=np.uint32)
+    v = np.arange(256, dtype=np.uint32)
+    for j, p in enumerate(positions):
+        lut[p // 8] |= ((v >> np.uint32(p % 8)) & np.uint32(1)) << np.uint32(len(positions) - 1 - j)
+    return lut
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Bits set in each uint64 (numpy 1.26 has no bitwise_count): four 16-bit table look-ups."""
+    p = _POP16[x.view(np.uint16)].reshape(-1, 4)
+    return p[:, 0] + p[:, 1] + p[:, 2] + p[:, 3]
+
+
+def _sorted_by_key(h: np.ndarray, positions: list[int]) -> np.ndarray:
+    """Order of the uint64 hashes `h` by the 32 sampled bits: two stable radix passes over 16-bit halves
+    (numpy sorts uint16 by radix, ~20 ns per row, vs ~120 for a 32-bit argsort)."""
+    lut = _key_luts(positions)
+    b = h.view(np.uint8).reshape(-1, 8)
+    key = lut[0][b[:, 0]]
+    for i in range(1, 8):
+        key |= lut[i][b[:, i]]
+    order = np.argsort((key & np.uint32(0xFFFF)).astype(np.uint16), kind="stable")
+    return order[np.argsort((key[order] >> np.uint32(16)).astype(np.uint16), kind="stable")]
+
+
+def lsh_group_pairs(ids: np.ndarray, hashes: np.ndarray, query: np.ndarray, group: int, *, distance: int, key_bits: int,
+                    subtables: int, window: int, exact_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs within `distance` that one coarse group's sub-tables find -> (src, dst, distance), src < dst, unique.
+
+    ids int64 (n,), hashes int64 (n,), query bool (n,). A group of at most exact_rows rows is compared
+    all-pairs (exact). Otherwise each of `subtables` sub-tables sorts the group by LSH_KEY_BITS sampled bits
+    and compares every hash with its `window` successors: hashes that agree on a long prefix of the sampled
+    bits (likely when few bits differ) sit close in that order. Only pairs with a query row are returned.
+    """
+    h = hashes.astype(np.int64).view(np.uint64)
+    n = len(h)
+    src: list[np.ndarray] = []
+    dst: list[np.ndarray] = []
+    dist: list[np.ndarray] = []
+    if n <= exact_rows:
+        a, b = np.triu_indices(n, 1)
+        pc = _popcount(h[a] ^ h[b])
+        keep = pc <= distance
+        src.append(a[keep])
+        dst.append(b[keep])
+        dist.append(pc[keep])
+    else:
+        exclude = lsh_group_positions(seed, group, key_bits)
+        for t in range(subtables):
+            order = _sorted_by_key(h, lsh_subtable_positions(seed, group, t, exclude))
+            hs = h[order]
+            for j in range(1, min(window, n - 1) + 1):
+                x = hs[:-j] ^ hs[j:]
+                w = x.view(np.uint16).reshape(-1, 4)
+                low = _POP16[w[:, 0]] + _POP16[w[:, 1]]  # half the bits first: > D for ~90% of far pairs
+                cand = np.flatnonzero(low <= distance)
+                pc = low[cand] + _POP16[w[cand, 2]] + _POP16[w[cand, 3]]
+                hit = cand[pc <= distance]
+                src.append(order[hit])
+                dst.append(order[hit + j])
+                dist.append(pc[pc <= distance])
+    a = np.concatenate(src) if src else np.zeros(0, np.int64)
+    b = np.concatenate(dst) if dst else np.zeros(0, np.int64)
+    d = np.concatenate(dist).astype(np.int32) if dist else np.zeros(0, np.int32)
+    keep = query[a] | query[b]  # pairs among earlier runs' images are never searched
+    a, b, d = a[keep], b[keep], d[keep]
+    lo, hi = np.minimum(ids[a], ids[b]), np.maximum(ids[a], ids[b])
+    if len(lo):
+        first = np.unique(np.stack([lo, hi], axis=1), axis=0, return_index=True)[1]  # met in several sub-tables
+        lo, hi, d = lo[first], hi[first], d[first]
+    return lo.astype(np.int64), hi.astype(np.int64), d
+
+
+def _lsh_group_frame(pdf, *, distance: int, key_bits: int, subtables: int, window: int, exact_rows: int, seed: int):
+    import pandas as pd
+
+    if pdf.empty:
+        return pd.DataFrame({"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64), "distance": np.zeros(0, np.int32)})
+    lo, hi, d = lsh_group_pairs(pdf["id"].to_numpy(np.int64), pdf["phash"].to_numpy(np.int64), pdf["query"].to_numpy(bool),
+                                int(pdf["g"].iloc[0]), distance=distance, key_bits=key_bits, subtables=subtables,
+                                window=window, exact_rows=exact_rows, seed=seed)
+    return pd.DataFrame({"src": lo, "dst": hi, "distance": d})
+
+
+def lsh_groups(hashes: DataFrame, groups: int, key_bits: int, seed: int) -> DataFrame:
+    """hashes (id, phash[, query]) -> (g, key, id, phash, query): one row per image and coarse group, key =
+    the group's `key_bits` sampled bits. With key_bits = 0 every group holds every image."""
+    base = hashes.select("id", "phash", _query_flag(hashes).alias("query"))
+    keys = []
+    for g in range(groups):
+        key = F.lit(0).cast("long")
+        for i, p in enumerate(lsh_group_positions(seed, g, key_bits)):
+            key = key.bitwiseOR(F.shiftleft(F.shiftrightunsigned(F.col("phash"), p).bitwiseAND(F.lit(1).cast("long")), i))
+        keys.append(F.struct(F.lit(g).alias("g"), key.alias("key")))
+    return base.select(F.explode(F.array(*keys)).alias("k"), "id", "phash", "query").select("k.g", "k.key", "id", "phash", "query")
+
+
+def lsh_pairs(hashes: DataFrame, distance: int, *, groups: int = 32, subtables: int = 10, window: int = 8,
+              max_group_rows: int = 1 << 22, exact_rows: int = 2048, seed: int = 0) -> DataFrame:
+    """Pairs within Hamming `distance` found by sorted-window LSH: (src, dst, distance), src < dst, each once.
+
+    hashes: (id long, phash long[, query bool]); only pairs with a query row are returned. Every returned
+    pair is within `distance` (exact popcount); a pair within `distance` is missed with a probability that
+    grows with its distance and with the group size (measured: docs/dedup.md). Runs with at most
+    exact_rows hashes are searched all-pairs in one group, so their result is exact.
+
+    Cost: `groups` Spark rows per image (16 bytes of key + 17 of payload) through one shuffle; per group,
+    `subtables` x (a 32-bit radix sort + `window` popcounts) per row in numpy. Work per image stays
+    groups * subtables * window as N grows; the coarse key grows by a bit per doubling past max_group_rows.
+    """
+    n_rows = hashes.count()
+    if n_rows <= exact_rows:
+        groups, key_bits = 1, 0  # one all-pairs group: exact
+    else:
+        key_bits = group_key_bits(n_rows, max_group_rows)
+    rows = lsh_groups(hashes, groups, key_bits, seed)
+    fn = functools.partial(_lsh_group_frame, distance=distance, key_bits=key_bits, subtables=subtables, window=window,
+                           exact_rows=exact_rows, seed=seed)
+    found = rows.groupBy("g", "key").applyInPandas(fn, LSH_PAIRS_SCHEMA)
+    # A pair met in several groups comes out once (the distance is a function of the pair).
+    return found.dropDuplicates(["src", "dst"])
+
+
+def lsh_comparisons(group_sizes: list[int], subtables: int, window: int, exact_rows: int) -> int:
+    """Popcounts lsh_pairs does for groups of these sizes (all-pairs groups: n(n-1)/2; window groups:
+    subtables x sum_{j<=window} (n - j)): the candidate pairs it examines."""
+    total = 0
+    for n in group_sizes:
+        if n <= exact_rows:
+            total += n * (n - 1) // 2
+        else:
+            total += subtables * sum(n - j for j in range(1, min(window, n - 1) + 1))
+    return total
+
+
+def choose_method(n_query: int, n_index: int, config: DedupConfig) -> CandidateMethod:
+    """AUTO -> EXACT while the multi-index join costs at most config.exact_max_rows_per_image rows per query
+    image (mih_cost at the chosen bands), else LSH."""
+    if config.candidates is not CandidateMethod.AUTO:
+        return config.candidates
+    m = config.bands or choose_bands(max(n_query, 1), max(n_index, 1), config.near_distance)[0]
+    per_image = mih_cost(max(n_query, 1), max(n_index, 1), config.near_distance, m) / max(n_query, 1)
+    return CandidateMethod.EXACT if per_image <= config.exact_max_rows_per_image else CandidateMethod.LSH
 
 
 # ----------------------------------------------------------------------------- 4. verification
@@ -496,9 +705,14 @@ def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | N
     if config.near_distance > 0:
         n_query = nodes.filter(F.col("query")).count()
         n_index = nodes.count()
-        bands = config.bands or choose_bands(max(n_query, 1), max(n_index, 1), config.near_distance)[0]
-        edges = candidate_pairs(nodes, config.near_distance, bands, config.near_distance // bands,
-                                config.hot_bucket_cap, config.broadcast_max_rows)
+        if choose_method(n_query, n_index, config) is CandidateMethod.EXACT:
+            bands = config.bands or choose_bands(max(n_query, 1), max(n_index, 1), config.near_distance)[0]
+            edges = candidate_pairs(nodes, config.near_distance, bands, config.near_distance // bands,
+                                    config.hot_bucket_cap, config.broadcast_max_rows)
+        else:
+            edges = lsh_pairs(nodes, config.near_distance, groups=config.lsh_groups, subtables=config.lsh_subtables,
+                              window=config.lsh_window, max_group_rows=config.lsh_max_group_rows,
+                              exact_rows=config.lsh_exact_rows, seed=config.lsh_seed)
         edges = _checkpoint(edges)
         if config.verify is VerifyMode.PIXELS and not edges.isEmpty():
             # Only the images in a candidate pair are decoded: filter the pixel rows by a (usually small,
