@@ -13,7 +13,11 @@ COMMANDS = {
     "dedup-eval": ("jobs.dedup_eval", "precision/recall of dedup decisions against a ground-truth grouping"),
     "train": ("jobs.train", "train a GAN or VAE on a preprocessed dataset"),
     "generate": ("jobs.generate", "write samples from a checkpoint"),
+    "nightly": ("jobs.nightly", "one night of retraining: incremental preprocess, warm-start training, evaluation, promotion"),
+    "models": ("jobs.models", "the model registry: list | show | promote | rollback"),
     "evaluate": ("jobs.evaluate", "FID/KID, precision/recall (and ELBO, class accuracy) of a checkpoint, with real-data floors"),
+    "report": ("jobs.report", "a self-contained HTML report of a dataset OUT or a training RUN"),
+    "sample-data": ("jobs.sample_data", "a small shapes or MNIST collection with planted duplicates and corrupt files"),
 }
 
 
