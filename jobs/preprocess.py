@@ -135,6 +135,25 @@ def main(argv: list[str] | None = None) -> int:
     except NothingWrittenError as exc:
         print(f"imagegen preprocess: failed: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a full disk (OSError ENOSPC, or the JVM's "No space left on device" in a Py4J error)
+        from jobs.diskspace import free_bytes, human, local_path, out_of_space
+
+        if out_of_space(exc) is None:
+            raise
+        # The run removed its partitions and staging on the way out (pipelines/preprocess.py); estimate what it needs:
+        # each input is staged uncompressed (res x res x 3 bytes of pixels plus ~512 bytes of columns) and written again
+        # to images/ before the staging goes, so about twice that per input at the peak.
+        per_row = 2 * (cfg.resolution * cfg.resolution * 3 + 512)
+        try:
+            count = plan_preprocess(spark, args.inputs, args.output, cfg).input_count
+            need = f"about {human(count * per_row)} ({count} inputs x ~{human(per_row)} per stored row)"
+        except Exception:  # noqa: BLE001  the estimate is a courtesy: the one line matters more
+            need = f"about {human(per_row)} per input"
+        local = local_path(args.output)
+        free = f", {human(free_bytes(local))} free there" if local is not None else ""
+        print(f"imagegen preprocess: out of disk space writing {args.output}: needs {need}{free}; nothing was written "
+              "(no manifest, no partial partitions). Free some space or choose another --output", file=sys.stderr)
+        return 1
     finally:
         if shared is None:
             spark.stop()

@@ -159,6 +159,17 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, FileExistsError, CheckpointError, ValueError) as e:  # bad input: say what, no traceback
         print(f"imagegen train: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 1
+    except Exception as e:  # a full disk anywhere in the chain: one line naming the file and the space it needs
+        from jobs.diskspace import free_bytes, human, out_of_space
+
+        full = out_of_space(e)
+        if full is None:
+            raise
+        path = getattr(full, "filename", None) or config.run_dir
+        what = getattr(full, "strerror", None) or str(full)
+        print(f"imagegen train: out of disk space writing {path}: {what}; {human(free_bytes(path))} free there. "
+              "Free some space or choose another --run-dir, then rerun with --resume auto", file=sys.stderr, flush=True)
+        return 1
     if result.rank == 0:
         print(f"[train] done: step {result.step}, checkpoint {result.checkpoint}, metrics {result.metrics}", flush=True)
     return 0

@@ -11,6 +11,7 @@ the previous one. Only rank 0 calls :func:`save` (the loop ensures it).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -39,12 +40,17 @@ def path_for(run_dir: str | os.PathLike, step: int) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """`data` to `path` through `path.tmp` + os.replace; a failed write removes its .tmp."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk (ENOSPC), an interrupt: no partial .tmp stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save(run_dir: str | os.PathLike, step: int, payload: dict[str, Any], keep: int = 3) -> Path:
@@ -56,8 +62,15 @@ def save(run_dir: str | os.PathLike, step: int, payload: dict[str, Any], keep: i
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
-    _atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
-    _atomic_write(path, data)
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        _atomic_write(sidecar, hashlib.sha256(data).hexdigest().encode())
+        _atomic_write(path, data)
+    except BaseException as e:  # no sidecar without its payload (a full disk, an interrupt)
+        sidecar.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # name the file and the space it needs
+            raise OSError(errno.ENOSPC, f"No space left on device: this checkpoint needs {len(data) + 64} bytes", str(path)) from e
+        raise
     if keep > 0:
         kept = 0
         for old in reversed(list_checkpoints(run_dir)):
