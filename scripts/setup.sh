@@ -39,6 +39,17 @@ if [ "$(java_major)" -lt 17 ]; then
 fi
 say "java $(java_major) ok"
 
+# ---------------------------------------------------------------- Chromium (the HTML report tests open reports in it)
+STEP="chromium"
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  say "chromium not found; installing Debian's chromium with apt (headless, for the report tests)"
+  command -v apt-get >/dev/null || fail "chromium is missing and apt-get is not available; install chromium yourself"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  { $SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y chromium; } \
+    >"$LOG_DIR/apt-chromium.log" 2>&1 || fail "apt-get install chromium failed (see $LOG_DIR/apt-chromium.log)"
+fi
+say "chromium ok"
+
 # ---------------------------------------------------------------- venv
 STEP="python"
 PY="${IMAGEGEN_PYTHON:-}"
