@@ -5,7 +5,8 @@ Launch it the ways users already know (each process runs this same entry point):
   horovodrun -np 2 -H localhost:2 --gloo imagegen train --data OUT   backend horovod (auto-detected)
   torchrun --nproc_per_node 2 -m jobs.train --data OUT ...           backend ddp (auto-detected)
   imagegen train --launcher spark --num-proc 2 --data OUT ...        horovod inside Spark executors
-                                                                     (horovod.spark.run on a local[N] session)
+                                                                     (horovod.spark.run on a local[N] session,
+                                                                     or on a cluster with --master spark://HOST:PORT)
 Configuration precedence: TrainConfig defaults < --config FILE.yaml (keys = TrainConfig field names) < flags.
 """
 from __future__ import annotations
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=_values(Launcher), default=Launcher.NONE.value)
     p.add_argument("--num-proc", dest="num_proc", type=int, default=2, help="--launcher spark: number of ranks")
     p.add_argument("--start-timeout", dest="start_timeout", type=int, default=120, help="--launcher spark: seconds")
+    p.add_argument("--master", default=None,
+                   help="--launcher spark: Spark master (default local[NUM_PROC]); a cluster needs NUM_PROC free task slots")
+    p.add_argument("--nics", default=None, help="--launcher spark: comma-separated network interfaces horovod may use "
+                   "(e.g. lo, eth0, ib0; default: every interface common to the ranks)")
     return p
 
 
@@ -91,7 +96,7 @@ def config_from_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     """Flags over the YAML file over the defaults; each checked (schemas/config.py) under its own source, before
     torch is imported. A bad configuration raises SystemExit with one line per problem (main exits 2)."""
     ns = build_parser().parse_args(argv)
-    flags = {k: v for k, v in vars(ns).items() if k not in ("config", "launcher", "num_proc", "start_timeout")}
+    flags = {k: v for k, v in vars(ns).items() if k not in ("config", "launcher", "num_proc", "start_timeout", "master", "nics")}
     if "lr" in flags:
         lr = flags.pop("lr")
         flags.setdefault("lr_g", lr)
@@ -118,20 +123,21 @@ def _spark_rank(config: dict[str, Any]) -> dict[str, Any]:
     return dataclasses.asdict(train(TrainConfig.from_dict({**config, "backend": Backend.HOROVOD.value})))
 
 
-def run_on_spark(config: TrainConfig, num_proc: int, start_timeout: int) -> list[dict[str, Any]]:
+def run_on_spark(config: TrainConfig, num_proc: int, start_timeout: int, master: str | None = None,
+                 nics: set[str] | None = None) -> list[dict[str, Any]]:
     import os
 
     import horovod.spark
 
     from pipelines.spark import get_spark
 
-    spark = get_spark(f"local[{num_proc}]", app_name="imagegen-train", conf={"spark.task.cpus": "1"})
+    spark = get_spark(master or f"local[{num_proc}]", app_name="imagegen-train", conf={"spark.task.cpus": "1"})
     try:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         return horovod.spark.run(
             _spark_rank, args=(config.to_dict(),), num_proc=num_proc, use_gloo=True, start_timeout=start_timeout,
-            env=env, executable=sys.executable, verbose=1,
+            env=env, executable=sys.executable, verbose=1, nics=nics,
         )
     finally:
         spark.stop()
@@ -147,7 +153,8 @@ def main(argv: list[str]) -> int:
         return 2
     if Launcher(ns.launcher) == Launcher.SPARK:
         print(f"[train] launching {ns.num_proc} horovod ranks on Spark; config:\n{config.to_json()}", flush=True)
-        results = run_on_spark(config, ns.num_proc, ns.start_timeout)
+        nics = {n.strip() for n in ns.nics.split(",") if n.strip()} if ns.nics else None
+        results = run_on_spark(config, ns.num_proc, ns.start_timeout, ns.master, nics)
         for r in results:
             print(f"[train] rank {r['rank']}/{r['world_size']}: step {r['step']} metrics {r['metrics']}", flush=True)
         return 0
