@@ -460,7 +460,7 @@ def lsh_pairs(hashes: DataFrame, distance: int, *, groups: int = 32, subtables: 
     grows with its distance and with the group size (measured: docs/dedup.md). Runs with at most
     exact_rows hashes are searched all-pairs in one group, so their result is exact.
 
-    Cost: `groups` Spark rows per image (16 bytes of key + 17 of payload) through one shuffle; per group,
+    Cost: `groups` Spark rows per image (g, key, id, phash, query: a 48-byte UnsafeRow) through one shuffle; per group,
     `subtables` x (a 32-bit radix sort + `window` popcounts) per row in numpy. Work per image stays
     groups * subtables * window as N grows; the coarse key grows by a bit per doubling past max_group_rows.
     """
