@@ -19,6 +19,8 @@ from jobs.registry import Registry
 from schemas import Manifest
 
 REPO = Path(__file__).resolve().parents[2]
+# five nights of real Spark, training and evaluation in one module fixture: about 3 minutes on an idle 2-core machine
+pytestmark = pytest.mark.timeout(2400)
 PREPROCESS = {"resolution": 32, "labels": "dirs", "partitions": 2}
 TRAIN = {"base_channels": 8, "z_dim": 16, "log_every": 2, "seed": 0}
 
