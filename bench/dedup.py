@@ -6,12 +6,12 @@ image and recall against brute force, side by side from one run.
 Hashes (`clustered_hashes`, the same generator and parameters at every N; only the draws depend on N):
 * 4,096 centres, uniform random 64-bit, drawn from one fixed seed (the same centres at every N);
 * 60% of the base hashes belong to a centre, picked with Zipf weights (rank + 1)^-0.6 (the largest cluster
-  holds ~1.9% of them), each bit flipped with probability 0.35 from its centre: a member agrees with its
+  holds 1.5% of them), each bit flipped with probability 0.35 from its centre: a member agrees with its
   centre on 65% of the bits and two members agree on 54.5% on average (random hashes: 50%), like real pHashes
-  of similar layouts, so sampled-bit buckets fill unevenly; a few members fall within D of each other
-  ("natural" near pairs, mostly at distance 11-12, more per image as N grows because the centres are fixed:
-  ~0.003 per image at 1M). With 0.3 instead, 16% of the images at 1M had a natural pair within 12: a corpus
-  of near duplicates rather than of clusters;
+  of similar layouts, so sampled-bit buckets fill unevenly. Some hashes fall within D of each other without
+  being planted ("natural" near pairs, nearly all at distance 10-12, mostly between members of two clusters
+  whose centres happen to be close): 0.116 per image at 1M, more per image as N grows because the centres
+  are fixed (0.127 per image at 1M with p = 0.3);
 * 40% uniform random;
 * planted near duplicates: 2% of N are copies of a random base hash with d bits flipped, d uniform in 0..D
   (positions uniform): the pairs the job must find.
