@@ -270,16 +270,16 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
 def _run_locked(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig, fs: FileSystem,
                 layout: DatasetLayout, t_start: float, log: Callable[[str], None]) -> PreprocessResult:
     current = _read_manifest(fs, layout)
-    if current is not None and not cfg.incremental and not cfg.overwrite:
-        raise DatasetExistsError(
-            f"{out} already holds a complete dataset ({layout.manifest} exists); "
-            "pass --incremental to add new files to it or --overwrite to replace it"
-        )
     removed = remove_unlisted(fs, layout, current)
     if removed:
         shown = ", ".join(removed[:5]) + (f" and {len(removed) - 5} more" if len(removed) > 5 else "")
         log(f"imagegen preprocess: removed {len(removed)} leftover(s) of interrupted runs that {layout.manifest} "
             f"does not list: {shown}")
+    if current is not None and not cfg.incremental and not cfg.overwrite:
+        raise DatasetExistsError(
+            f"{out} already holds a complete dataset ({layout.manifest} exists); "
+            "pass --incremental to add new files to it or --overwrite to replace it"
+        )
     prior = None
     if current is not None and cfg.incremental:
         prior = current
