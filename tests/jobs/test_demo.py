@@ -10,7 +10,7 @@ from jobs.demo import DemoConfig, run
 
 
 def test_demo_runs_end_to_end(tmp_path, spark):
-    summary = run(DemoConfig(out=str(tmp_path / "demo"), per_class=8, steps=4, batch_size=16), spark)
+    summary = run(DemoConfig(out=str(tmp_path / "demo"), per_class=8, steps=4, vae_steps=4, batch_size=16, eval_samples=20), spark)
     manifest = json.loads(Path(summary["manifest"]).read_text())
     c = manifest["counts"]
     assert c["inputs"] == 80 + 10 + 4  # 8 digits x 10 classes, 10 planted duplicates, 4 broken files
@@ -21,5 +21,14 @@ def test_demo_runs_end_to_end(tmp_path, spark):
     assert Path(summary["checkpoint"]).exists()
     assert float(summary["dedup_recall"]) == 1.0  # every planted byte copy and re-encode was caught
     assert 0.0 < float(summary["dedup_precision"]) <= 1.0
+    reports = summary["reports"].split(", ")
+    assert [Path(r).name for r in reports] == ["report.html"] * 3 and all(Path(r).stat().st_size > 10_000 for r in reports)
+    assert "current v0001" in summary["registry"]
+    assert "class accuracy" in summary["cdcgan"] and "nats" in summary["vae"]
+    # the cdcgan trained under horovodrun with two ranks
+    assert json.loads((Path(summary["run"]) / "config.json").read_text())["batch_size"] == 8
+    from training import checkpoint
+
+    assert checkpoint.load(summary["checkpoint"])["world_size"] == 2
     grid = Image.open(summary["samples"])  # one grid, a column per class: 10 columns x 8 rows of 32 px, 2 px padding
     assert grid.size == (10 * 34 + 2, 8 * 34 + 2)
