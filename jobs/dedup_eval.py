@@ -20,6 +20,7 @@ import os
 import sys
 from collections import Counter, defaultdict
 from itertools import combinations
+from jobs.cliutil import Parser
 
 WRONG_PAIRS_SHOWN = 20  # wrong pairs listed per kind (false merges, misses)
 
@@ -152,7 +153,7 @@ def evaluate(config: DedupEvalConfig) -> DedupEvalResult:
 
 
 def parse(argv: list[str]) -> DedupEvalConfig:
-    ap = argparse.ArgumentParser(prog="imagegen dedup-eval", description=__doc__.splitlines()[0])
+    ap = Parser(prog="imagegen dedup-eval", description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="a preprocessed dataset OUT dir (reads OUT/duplicates and OUT/images)")
     src.add_argument("--duplicates", help="a duplicates Parquet directory or file")

@@ -113,6 +113,12 @@ def check_petastorm() -> Check:
     import pyarrow.parquet as pq
     from petastorm import make_batch_reader
 
+    import warnings
+
+    # petastorm 0.12 drives pyarrow's deprecated legacy dataset API, which warns (FutureWarning) on every call, also
+    # from its reader threads: the same filters as training/data/petastorm_reader.py, so the report is readable.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyarrow\.")
     with tempfile.TemporaryDirectory(prefix="imagegen-doctor-") as tmp:
         pq.write_table(pa.table({"id": list(range(10)), "pixels": [bytes([i]) * 12 for i in range(10)]}), os.path.join(tmp, "part-0.parquet"))
         ids: list[int] = []

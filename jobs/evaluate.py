@@ -17,10 +17,11 @@ import sys
 from training.dist import Backend
 from training.evaluate import EvalConfig
 from training.features import DEFAULT_INCEPTION_WEIGHTS, FeatureKind
+from jobs.cliutil import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagegen evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="imagegen evaluate", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint file, or RUN/ (its newest valid checkpoint)")
     p.add_argument("--data", required=True, help="preprocessed dataset root OUT (the real images)")
     p.add_argument("--num-samples", dest="num_samples", type=int, default=10000, help="per set; capped at half the real pool")

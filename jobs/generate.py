@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from training import checkpoint, models, sample
+from jobs.cliutil import Parser
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ def run(config: GenerateConfig) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="imagegen generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="imagegen generate", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     p.add_argument("--num", type=int, default=64)
     p.add_argument("--label", default=None, help="class name from the dataset (or its index); cdcgan only")

@@ -12,6 +12,7 @@ import json
 import sys
 
 from jobs.registry import Registry, RegistryError
+from jobs.cliutil import Parser
 
 
 def headline(metrics: dict) -> str:
@@ -30,7 +31,7 @@ def headline(metrics: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="imagegen models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="imagegen models", description=__doc__)
     p.add_argument("action", choices=["list", "show", "promote", "rollback"])
     p.add_argument("version", nargs="?", help="show / promote: the version (e.g. v0003)")
     p.add_argument("--root", required=True, help="the nightly root (holds registry/)")

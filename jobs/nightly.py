@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from schemas.config import ConfigError, check_fields, read_yaml
+from jobs.cliutil import Parser
 
 STEPS = ("preprocess", "train", "evaluate", "promote")
 
@@ -386,7 +387,7 @@ def run_nightly(cfg: NightlyConfig, preprocess: dict[str, Any] | None = None, tr
 
 # ----------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagegen nightly", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="imagegen nightly", description=__doc__)
     S = argparse.SUPPRESS
     p.add_argument("--input", default=S, help="where new images land")
     p.add_argument("--root", default=S, help="holds dataset/, runs/nightly/<date>/, registry/")

@@ -1,6 +1,15 @@
 """`imagegen preprocess INPUT [INPUT ...] --output OUT ...`, also `spark-submit jobs/preprocess.py INPUT ... --output OUT`.
 
 Thin: parse options -> one frozen PreprocessConfig -> print it -> run_preprocess().
+
+examples:
+  imagegen preprocess photos/ --output ds --labels dirs --resolution 64          class folders -> labelled dataset
+  imagegen preprocess 'shards/*.tar' more.txt --output ds --resolution 32        tar shards and a URI list
+  imagegen preprocess incoming/ --output ds --incremental                        only files no earlier run has seen
+  imagegen preprocess photos/ --output ds --dry-run                              count inputs, print the plan
+  spark-submit --master spark://host:7077 jobs/preprocess.py hdfs:///raw --output hdfs:///ds
+
+Precedence: PreprocessConfig's defaults (pipelines/config.py) < --config FILE.yaml < flags.
 """
 from __future__ import annotations
 
@@ -20,7 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagegen preprocess", description="images -> validated, labelled, normalised Parquet (Spark)")
+    from jobs.cliutil import Parser
+
+    p = Parser(prog="imagegen preprocess", description=__doc__)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="directory (recursive), glob, URI-list .txt, tar shard or directory of shards, Parquet dataset")
     p.add_argument("--output", "-o", required=True, metavar="OUT", help="dataset root (local path or file:/hdfs:/s3a: URI)")
@@ -73,6 +84,18 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     return PreprocessConfig.from_dict(overrides, source="command line")
 
 
+def _check_local_inputs(inputs: list[str]) -> None:
+    """A local input that does not exist fails here, in milliseconds, not after Spark's start-up. A path that does not
+    exist as written may still be a glob (`shards/*.tar`); other schemes are left to the job."""
+    import glob
+
+    from schemas.uri import is_local, uri_to_path
+
+    missing = [u for u in inputs if is_local(u) and not os.path.lexists(uri_to_path(u)) and not glob.glob(uri_to_path(u))]
+    if missing:
+        raise FileNotFoundError("input not found: " + ", ".join(missing) + " (check the path; globs must match at least one file)")
+
+
 def _under_spark_submit() -> bool:
     # spark-submit starts the JVM first and hands Python its gateway port.
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -99,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         cfg.check_job()
+        _check_local_inputs(args.inputs)
     except (ValueError, OSError) as exc:  # before Spark starts: one line per problem, no traceback
         for line in str(exc).splitlines():
             print(f"imagegen preprocess: {line}", file=sys.stderr)

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from schemas.layout import Manifest, listed_files
 from schemas.pixels import decode_pixels
 from schemas.uri import uri_to_path
+from jobs.cliutil import Parser
 
 REPORT_NAME = "report.html"
 THUMB_PX = 64                # CSS size of a thumbnail; small images are upscaled with pixelated rendering
@@ -713,7 +714,7 @@ def write_report(cfg: ReportConfig) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagegen report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="imagegen report", description=__doc__)
     p.add_argument("path", help="a dataset OUT (manifest.json) or a training RUN (config.json, metrics.jsonl)")
     p.add_argument("--out", default=None, help=f"the HTML file (default PATH/{REPORT_NAME})")
     p.add_argument("--max-rows", dest="max_rows", type=int, default=ReportConfig.max_rows, help="rows read for the size distributions")

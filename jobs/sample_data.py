@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from schemas.uri import path_to_uri
+from jobs.cliutil import Parser
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon")
 SHAPE_SIDE = 64          # pixels, shapes are drawn at 4x and downsampled (anti-aliased edges)
@@ -222,7 +223,7 @@ def write_sample_data(cfg: SampleDataConfig) -> SampleData:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagegen sample-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="imagegen sample-data", description=__doc__)
     p.add_argument("--kind", required=True, choices=[k.value for k in SampleKind])
     p.add_argument("--out", required=True, help="a new or empty directory")
     p.add_argument("--n", type=int, default=SampleDataConfig.n, help="original images")

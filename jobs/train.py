@@ -20,6 +20,7 @@ from typing import Any
 
 from schemas.config import check_fields, read_yaml
 from training.config import Backend, GanLoss, ModelKind, Precision, ReaderKind, TrainConfig
+from jobs.cliutil import Parser
 
 
 class Launcher(str, enum.Enum):
@@ -40,7 +41,7 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagegen train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="imagegen train", description=__doc__)
     S = argparse.SUPPRESS  # unset flags do not override the YAML file or the defaults
     p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
     p.add_argument("--data", default=S, help="preprocessed dataset root OUT (with manifest.json)")

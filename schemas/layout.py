@@ -139,7 +139,8 @@ class Manifest:
         """Read OUT/manifest.json from a local path (or file: URI)."""
         path = uri_to_path(DatasetLayout(dataset_root).manifest)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found: {dataset_root} is not a complete imagegen dataset (no manifest)")
+            raise FileNotFoundError(f"{path} not found: {dataset_root} is not a complete imagegen dataset (no manifest); "
+                                    f"make one with `imagegen preprocess INPUT --output {dataset_root}`")
         with open(path) as f:
             return cls.from_dict(json.load(f))
 
