@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -140,7 +141,10 @@ def _train_gan(cfg, launcher: str, out: Path) -> Path:
         cmd = [str(horovodrun), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, "-m", "jobs.cli", "train",
                "--config", str(config)]
         print(f"[demo] training the cdcgan for {cfg.steps} steps: {' '.join(cmd)}", flush=True)
-        subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
+        # One intra-op thread per rank: two ranks on a 2-core machine, not 2 x (all cores) threads fighting for them.
+        threads = str(max(1, (os.cpu_count() or 2) // 2))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1], env=env)
     else:
         from training.loop import train
 
