@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.config import PreprocessConfig
 from pipelines.lock import LockedError
-from pipelines.preprocess import FAULT_POINTS, run_preprocess
+from pipelines.preprocess import FAULT_POINTS, DatasetExistsError, run_preprocess
 from schemas import TABLES, DatasetLayout, Manifest, listed_files
 from tests.pipelines.imagefactory import encode, photo_like
 from training.data import LoaderConfig, open_loader
@@ -101,7 +101,7 @@ def test_a_fresh_run_killed_at_any_point_then_rerun_equals_an_undisturbed_run(sp
     logs: list[str] = []
     try:
         run_preprocess(spark, [str(sources["first"])], str(out), CFG, log=logs.append)
-    except Exception as exc:  # killed after the manifest was written: the run had completed
+    except DatasetExistsError as exc:  # killed after the manifest was written: the run had completed
         assert point == "manifest-written" and "already holds a complete dataset" in str(exc)
     assert _content(out) == undisturbed["fresh"]
     assert _leftovers(out) == []
