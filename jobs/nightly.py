@@ -135,10 +135,19 @@ class _Night:
 
 
 # ----------------------------------------------------------------------------- the steps
-def _fault(step: str) -> None:
-    """IMAGEGEN_NIGHTLY_FAULT=<step>: fail at the start of that step (the tests' injected failure)."""
-    if os.environ.get("IMAGEGEN_NIGHTLY_FAULT") == step:
-        raise RuntimeError(f"IMAGEGEN_NIGHTLY_FAULT: injected failure at {step}")
+def _fault(point: str) -> None:
+    """The tests' injected faults. IMAGEGEN_NIGHTLY_FAULT=<point>: raise there (a failure the night records);
+    =kill:<point>: SIGKILL this process there (a crash: nothing is recorded, nothing unwinds). Points: each step's
+    start, and promote:registered (the candidate is in the registry, the pointer not yet switched)."""
+    fault = os.environ.get("IMAGEGEN_NIGHTLY_FAULT")
+    if fault == point:
+        raise RuntimeError(f"IMAGEGEN_NIGHTLY_FAULT: injected failure at {point}")
+    if fault == f"kill:{point}":
+        import signal
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def step_preprocess(n: _Night, state: dict[str, Any]) -> dict[str, Any]:
@@ -262,8 +271,13 @@ def step_promote(n: _Night, state: dict[str, Any]) -> dict[str, Any]:
 
     reg = Registry.at(n.root)
     cand = ev["candidate"]
-    record = reg.register(state["steps"]["train"]["checkpoint"], metrics=cand, manifest_id=cand["data_manifest_id"],
-                          config=json.loads((n.dir / "train" / "config.json").read_text()), night=n.cfg.night)
+    ckpt = state["steps"]["train"]["checkpoint"]
+    # A rerun after a crash between registering and switching finds tonight's candidate already registered.
+    done_before = [v for v in reg.versions() if v.get("night") == n.cfg.night and v.get("source_checkpoint") == ckpt]
+    record = done_before[-1] if done_before else reg.register(
+        ckpt, metrics=cand, manifest_id=cand["data_manifest_id"],
+        config=json.loads((n.dir / "train" / "config.json").read_text()), night=n.cfg.night)
+    _fault("promote:registered")
     version, metric = record["version"], n.cfg.promote_metric
     problems = sanity_problems(cand, n.cfg.min_recall)
     new_score = _score(cand, metric)
