@@ -314,12 +314,6 @@ def _write_yaml(path: Path, values: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump({k: (v.value if isinstance(v, enum.Enum) else v) for k, v in values.items()}, sort_keys=True))
 
 
-def _save(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _summary(state: dict[str, Any]) -> str:
     lines = [f"imagegen nightly {state['date']}: {state['status']}"]
     for step in STEPS:
@@ -347,7 +341,7 @@ def _summary(state: dict[str, Any]) -> str:
 def run_nightly(cfg: NightlyConfig, preprocess: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume, or skip) one night; returns its state. Raises NightlyStepError naming the failed step."""
-    from jobs.registry import Registry
+    from jobs.registry import Registry, write_json_atomic
     from pipelines.fs import FileSystem
     from pipelines.lock import dataset_lock
 
@@ -381,7 +375,7 @@ def run_nightly(cfg: NightlyConfig, preprocess: dict[str, Any] | None = None, tr
                     state["status"] = "failed"
                     raise NightlyStepError(step, state["steps"][step]["error"]) from e
                 state["steps"][step] = {"status": "done", **result, "seconds": round(time.monotonic() - t0, 1)}
-                _save(state_path, state)
+                write_json_atomic(state_path, state)
                 if step == cfg.until:
                     break
             state["status"] = "done" if all(step in state["steps"] for step in STEPS) else f"stopped after {cfg.until}"
@@ -392,8 +386,8 @@ def run_nightly(cfg: NightlyConfig, preprocess: dict[str, Any] | None = None, tr
         finally:
             state["current"] = Registry.at(n.root).current()
             state["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            _save(state_path, state)
-            _save(n.dir / "record.json", state)
+            write_json_atomic(state_path, state)
+            write_json_atomic(n.dir / "record.json", state)
             (n.dir / "summary.txt").write_text(_summary(state) + "\n")
         log(_summary(state))
         return state

@@ -24,7 +24,7 @@ from typing import Any
 
 from training import checkpoint
 
-__all__ = ["Registry", "RegistryError", "code_version"]
+__all__ = ["Registry", "RegistryError", "code_version", "write_json_atomic"]
 
 
 class RegistryError(ValueError):
@@ -53,10 +53,11 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """JSON to `path` through a fsynced sibling and os.replace: readers see the old file or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        f.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -115,20 +116,20 @@ class Registry:
         record = {"version": version, "created": _now(), "status": "candidate", "metrics": metrics,
                   "manifest_id": manifest_id, "config": config, "code_version": code_version(), "night": night,
                   "source_checkpoint": str(ckpt), "notes": notes}
-        _write_json_atomic(staging / "version.json", record)
+        write_json_atomic(staging / "version.json", record)
         os.replace(staging, self._versions / version)  # a version appears whole or not at all
         return record
 
     def _set_status(self, version: str, status: str) -> None:
         record = self.get(version) | {"status": status}
-        _write_json_atomic(self._versions / version / "version.json", record)
+        write_json_atomic(self._versions / version / "version.json", record)
 
     def promote(self, version: str, reason: str, action: str = "promote") -> None:
         """Make `version` current: one atomic pointer switch, then a history line."""
         self.get(version)
         before = self.current()
         self._set_status(version, "promoted")
-        _write_json_atomic(self.root / "current.json", {"version": version, "since": _now(), "reason": reason})
+        write_json_atomic(self.root / "current.json", {"version": version, "since": _now(), "reason": reason})
         with open(self.root / "history.jsonl", "a") as f:
             f.write(json.dumps({"time": _now(), "action": action, "from": before, "to": version, "reason": reason}) + "\n")
 
