@@ -158,11 +158,16 @@ def listed_files(dataset_root: str, manifest: Manifest, table: str, check_rows: 
                 "(re-run `imagegen preprocess --overwrite`)"
             )
         if check_rows:
-            found = pq.ParquetFile(path).metadata.num_rows
-            if found != rows:
-                raise DatasetDamagedError(
-                    f"{path}: holds {found} rows, {layout.manifest} lists {rows}; the dataset is damaged "
-                    "(re-run `imagegen preprocess --overwrite`)"
-                )
+            check_file_rows(path, pq.ParquetFile(path).metadata.num_rows, rows, layout.manifest)
         paths.append(path)
     return paths
+
+
+def check_file_rows(path: str, found: int, listed: int, manifest_path: str) -> None:
+    """A listed file must hold exactly the rows its manifest entry says (readers that open the footer anyway call this
+    instead of having listed_files open it a second time)."""
+    if found != listed:
+        raise DatasetDamagedError(
+            f"{path}: holds {found} rows, {manifest_path} lists {listed}; the dataset is damaged "
+            "(re-run `imagegen preprocess --overwrite`)"
+        )

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas import SCHEMA_VERSION, DatasetLayout, Manifest, listed_files
+from schemas.layout import check_file_rows
 from schemas.pixels import PixelEncoding
 from schemas.uri import uri_to_path
 
@@ -112,12 +113,14 @@ def inspect_dataset(data: str) -> DatasetInfo:
     images_dir = DatasetLayout(root).images
     # Exactly the files the manifest lists, each checked to exist and to hold its listed rows (footer only): a file
     # a crashed or concurrent run left under images/ does not exist for a reader.
-    files = listed_files(root, manifest, "images")
+    # Existence checked here; the row counts below, from the one footer read each file gets.
+    files = listed_files(root, manifest, "images", check_rows=False)
     if not files:
         raise ValueError(f"{DatasetLayout(root).manifest} lists no image files: the dataset has no rows")
     groups: list[RowGroup] = []
-    for path in files:
+    for path, (_, listed_rows) in zip(files, manifest.data_files("images")):
         pf = pq.ParquetFile(path)
+        check_file_rows(path, pf.metadata.num_rows, listed_rows, DatasetLayout(root).manifest)
         _check_file_schema(path, pf.schema_arrow)
         _check_stats(path, pf.metadata, manifest)
         for i in range(pf.metadata.num_row_groups):
