@@ -37,6 +37,21 @@ class DemoConfig:
     master: str = "local[*]"
 
 
+DEMO_MARK = ".imagegen-demo"  # written first into --out: only a folder carrying it is ever cleared
+
+
+def _clear_demo_dir(out: Path) -> None:
+    """Start from an empty --out: a previous demo's folder (it carries DEMO_MARK) is removed; any other folder that
+    is not empty is refused, untouched."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / DEMO_MARK).is_file():
+            raise SystemExit(f"imagegen demo: {out} is not empty and was not made by imagegen demo (no {DEMO_MARK}); "
+                             "nothing there was changed: pass an empty or new --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).write_text("made by imagegen demo; the next demo run into this folder replaces it\n")
+
+
 def run(cfg: DemoConfig, spark=None) -> dict[str, str]:
     """`spark`: a session to use (and leave running); None starts one and stops it after preprocessing."""
     from jobs.corpus import write_demo_corpus
@@ -45,8 +60,7 @@ def run(cfg: DemoConfig, spark=None) -> dict[str, str]:
     from pipelines.spark import get_spark
 
     out = Path(cfg.out).resolve()
-    if out.exists():
-        shutil.rmtree(out)
+    _clear_demo_dir(out)
     t0 = time.monotonic()
     corpus = write_demo_corpus(out / "raw", per_class=cfg.per_class)
     print(f"[demo] wrote {corpus.files} files under {corpus.root} ({corpus.images} digits, {corpus.duplicates} duplicates, {corpus.bad} broken)", flush=True)

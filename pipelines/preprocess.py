@@ -50,7 +50,7 @@ from pipelines.lock import dataset_lock
 from pipelines.labels import LabelResolver, Sidecar
 from pipelines.sources import InputSpec, classify, load_sources
 from schemas.images import DUPLICATES_ARROW, IMAGES_ARROW, REJECTS_ARROW, SCHEMA_VERSION, RejectReason, duplicates_spark, images_spark, rejects_spark
-from schemas.layout import TABLES, DatasetLayout, Manifest
+from schemas.layout import MARK_NAME, TABLES, DatasetLayout, Manifest, is_run_id, is_run_partition, is_writer_file
 
 EXAMPLES_CAP = 20  # how many unlabeled files / unmatched sidecar keys are listed by name
 OPEN_COST_BYTES = 64 * 1024  # Spark's per-file split-packing cost, about one small JPEG
@@ -263,6 +263,7 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
     layout = DatasetLayout(out)
     _check_out(fs, layout)
     fs.mkdirs(layout.root)
+    write_mark(fs, layout)
     with dataset_lock(fs, layout.lock, log):
         return _run_locked(spark, inputs, out, cfg, fs, layout, t_start, log)
 
@@ -326,55 +327,72 @@ def _read_manifest(fs: FileSystem, layout: DatasetLayout) -> Manifest | None:
 
 
 def _check_out(fs: FileSystem, layout: DatasetLayout) -> None:
-    """OUT must be absent, empty, or an imagegen dataset (complete or interrupted)."""
+    """OUT must be absent, empty, or carry imagegen's mark (schemas/layout.py): folder names prove nothing, a user's
+    folder may well hold images/ or rejects/ of its own."""
     if not fs.exists(layout.root):
         return
     if not fs.is_dir(layout.root):
         raise NotADatasetError(f"{layout.root} exists and is not a directory; choose another --output")
-    names = {e.uri.rstrip("/").rsplit("/", 1)[-1] for e in fs.list(layout.root)}
-    ours = {"manifest.json", "_lock", "_staging", *TABLES}
-    if names and not names & ours:
+    names = sorted(e.uri.rstrip("/").rsplit("/", 1)[-1] for e in fs.list(layout.root))
+    if names and not _is_marked(fs, layout):
         raise NotADatasetError(
-            f"{layout.root} is not empty and is not an imagegen dataset (it holds {', '.join(sorted(names)[:3])}"
-            f"{', ...' if len(names) > 3 else ''}); choose an empty or new --output"
+            f"{layout.root} is not empty and is not an imagegen dataset (it holds {', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}, and no {MARK_NAME}); nothing there was changed: choose an empty or new --output"
         )
 
 
+def _is_marked(fs: FileSystem, layout: DatasetLayout) -> bool:
+    """OUT holds our mark, or is a dataset written before the mark existed (a manifest.json this code reads)."""
+    if fs.exists(layout.mark):
+        return True
+    if not fs.exists(layout.manifest):
+        return False
+    try:
+        Manifest.from_dict(json.loads(fs.read_text(layout.manifest)))
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def write_mark(fs: FileSystem, layout: DatasetLayout) -> None:
+    """Mark OUT as imagegen's before anything else is written into it (create-if-absent: two racing writers agree)."""
+    fs.create_exclusive(layout.mark, json.dumps({"tool": "imagegen", "layout": "dataset",
+                                                 "created": dt.datetime.now(dt.timezone.utc).isoformat()}) + "\n")
+
+
 def remove_unlisted(fs: FileSystem, layout: DatasetLayout, manifest: Manifest | None) -> list[str]:
-    """Remove every staging directory and every file under images/, rejects/, duplicates/ that `manifest` does not
-    list (a crashed run's orphans, a replaced run's files); return what was removed, relative to OUT. Only the lock
-    holder calls this."""
+    """Remove what our own runs left that `manifest` does not list (a crashed run's staging and orphans, a replaced
+    run's files); return what was removed, relative to OUT. Only names of our own making are candidates
+    (`_staging/<run id>`, `<table>/run_id=<run id>/<Spark writer file>`): anything else, a user's file under
+    images/ included, is left as it is. Only the lock holder calls this."""
     listed = {rel for t in TABLES for rel, _ in (manifest.data_files(t) if manifest is not None else [])}
     removed: list[str] = []
     staging_root = layout.root.rstrip("/") + "/_staging"
-    if fs.exists(staging_root):
-        for entry in fs.list(staging_root) if fs.is_dir(staging_root) else []:
-            removed.append("_staging/" + entry.uri.rstrip("/").rsplit("/", 1)[-1])
-            fs.delete(entry.uri)
-        fs.delete(staging_root)
+    if fs.is_dir(staging_root):
+        for entry in fs.list(staging_root):
+            name = entry.uri.rstrip("/").rsplit("/", 1)[-1]
+            if entry.is_dir and is_run_id(name):
+                removed.append(f"_staging/{name}")
+                fs.delete(entry.uri)
+        _remove_if_empty(fs, staging_root)
     for table in TABLES:
         table_dir = layout.table(table)
-        if not fs.exists(table_dir):
+        if not fs.is_dir(table_dir):
             continue
         for run_dir in fs.list(table_dir):
             run_name = run_dir.uri.rstrip("/").rsplit("/", 1)[-1]
-            if not run_dir.is_dir:
-                removed.append(f"{table}/{run_name}")
-                fs.delete(run_dir.uri)
+            if not (run_dir.is_dir and is_run_partition(run_name)):
                 continue
-            kept = 0
             for entry in fs.list(run_dir.uri):
                 name = entry.uri.rstrip("/").rsplit("/", 1)[-1]
                 rel = f"{table}/{run_name}/{name}"
                 # a listed file's checksum sibling (.part-....parquet.crc, Hadoop's local FS) stays with it
                 crc_of = f"{table}/{run_name}/{name[1:-4]}" if name.startswith(".") and name.endswith(".crc") else None
-                if rel in listed or crc_of in listed:
-                    kept += 1
-                else:
-                    removed.append(rel)
-                    fs.delete(entry.uri)
-            if kept == 0:
-                fs.delete(run_dir.uri)
+                if entry.is_dir or not is_writer_file(name) or rel in listed or crc_of in listed:
+                    continue
+                removed.append(rel)
+                fs.delete(entry.uri)
+            _remove_if_empty(fs, run_dir.uri)
         _remove_if_empty(fs, table_dir)
     return removed
 

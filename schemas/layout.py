@@ -7,6 +7,12 @@
       manifest.json                            written last, atomically: the commit point
       _staging/<run>/                          a run in progress (removed on commit)
       _lock                                    held by the one writer (pid, host, start time)
+      _imagegen.json                           the mark: written first, into an absent or empty OUT
+
+Only what carries imagegen's mark is ever removed. OUT itself is ours when it holds `_imagegen.json` (or, for a
+dataset written before the mark existed, a manifest.json this code reads); inside it, only names of our own
+making are leftovers a writer may remove: `_staging/<run id>`, `<table>/run_id=<run id>/` and the files Spark
+writes there (part-*, _SUCCESS, their .crc siblings). A user's file anywhere else is never touched.
 
 The manifest defines the dataset: it lists every data file with its row count (`files`), and
 readers read exactly those files, checking the counts (`listed_files`). A file under images/,
@@ -21,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -29,6 +36,25 @@ from schemas.images import SCHEMA_VERSION
 from schemas.uri import uri_to_path
 
 TABLES = ("images", "rejects", "duplicates")
+MARK_NAME = "_imagegen.json"
+# new_run_id(): UTC second, then 6 hex digits (20260101T000000Z-0a1b2c)
+RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+# what Spark's Parquet writer leaves in a partition: data files, the commit marker, Hadoop's local-FS checksums
+_WRITER_FILE_RE = re.compile(r"^\.?(part-[0-9]{5}-[0-9a-f-]{36}(-c[0-9]{3})?(\.[a-z0-9]+)*\.parquet|_SUCCESS)(\.crc)?$")
+
+
+def is_run_id(name: str) -> bool:
+    return RUN_ID_RE.match(name) is not None
+
+
+def is_run_partition(name: str) -> bool:
+    """`run_id=<run id>`: a partition directory a run of ours wrote."""
+    return name.startswith("run_id=") and is_run_id(name[len("run_id="):])
+
+
+def is_writer_file(name: str) -> bool:
+    """A file name Spark's Parquet writer makes inside a partition (and nothing a person would name a file)."""
+    return _WRITER_FILE_RE.match(name) is not None
 
 
 class DatasetDamagedError(ValueError):
@@ -57,6 +83,10 @@ class DatasetLayout:
     @property
     def manifest(self) -> str:
         return self._join("manifest.json")
+
+    @property
+    def mark(self) -> str:
+        return self._join(MARK_NAME)
 
     @property
     def lock(self) -> str:

@@ -18,6 +18,7 @@ from pipelines.config import PreprocessConfig
 from pipelines.lock import LockedError
 from pipelines.preprocess import FAULT_POINTS, DatasetExistsError, run_preprocess
 from schemas import TABLES, DatasetLayout, Manifest, listed_files
+from schemas.layout import MARK_NAME
 from tests.pipelines.imagefactory import encode, photo_like
 from training.data import LoaderConfig, open_loader
 
@@ -65,7 +66,7 @@ def _leftovers(out: Path) -> list[str]:
     found = []
     for p in sorted(out.rglob("*")):
         rel = p.relative_to(out).as_posix()
-        if p.is_dir() or rel == "manifest.json" or rel in listed:
+        if p.is_dir() or rel in ("manifest.json", MARK_NAME) or rel in listed:
             continue
         if p.name.startswith(".") and p.name.endswith(".crc") and f"{p.parent.relative_to(out).as_posix()}/{p.name[1:-4]}" in listed:
             continue
@@ -159,6 +160,7 @@ def test_two_writers_never_share_an_out(spark, sources, tmp_path):
 def test_a_stale_lock_of_a_dead_writer_is_taken_over_and_named(spark, sources, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    (out / MARK_NAME).write_text("{}")  # a writer marks OUT before it takes the lock
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     import socket
@@ -174,6 +176,7 @@ def test_a_stale_lock_of_a_dead_writer_is_taken_over_and_named(spark, sources, t
 def test_a_live_lock_holder_is_respected(spark, sources, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    (out / MARK_NAME).write_text("{}")  # a writer marks OUT before it takes the lock
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         import socket
@@ -196,6 +199,6 @@ def test_output_into_a_folder_that_is_not_a_dataset_is_refused(spark, sources, t
     (out / "IMG_0001.jpg").write_bytes(b"precious")
     from pipelines.preprocess import NotADatasetError
 
-    with pytest.raises(NotADatasetError, match="is not empty and is not an imagegen dataset .*IMG_0001.jpg"):
+    with pytest.raises(NotADatasetError, match="is not empty and is not an imagegen dataset .*IMG_0001.jpg.*nothing there was changed"):
         run_preprocess(spark, [str(sources["first"])], str(out), CFG, log=lambda s: None)
     assert sorted(p.name for p in out.iterdir()) == ["IMG_0001.jpg"]
