@@ -115,6 +115,10 @@ class DedupConfig:
     # sequential greedy, ~100 bytes of Python per edge): each distributed round is a few Spark jobs, a fixed
     # cost of seconds that small and medium runs (most edges are few: duplicates are rare) need not pay.
     driver_max_edges: int = 100_000
+    # A run of at most this many images (this run's plus earlier runs') is decided on the driver whole
+    # (pipelines/dedup_local.py: one compact table of ~200 bytes a row, exact candidates, the same keep rule):
+    # two Spark jobs instead of ~70 stages. 0 = always distributed.
+    driver_max_rows: int = 1_000_000
     # Broadcast the (band, value) index when it has at most this many rows (N * m); else a shuffle join.
     broadcast_max_rows: int = 4_000_000
     # Shuffle partitions for the joins; None = the session's spark.sql.shuffle.partitions.
@@ -685,6 +689,13 @@ def deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | No
     representative is dropped point at the same kept image as their representative, kind `near`,
     with their own pHash distance to it.
     """
+    if config.driver_max_rows:
+        n = images.count() + (previous.count() if previous is not None else 0)
+        if n <= config.driver_max_rows:
+            from pipelines import dedup_local  # it imports this module's pieces
+
+            dups = dedup_local.duplicates_frame(spark, dedup_local.deduplicate_on_driver(spark, images, previous, config))
+            return images.join(dups.select("source_uri"), "source_uri", "left_anti"), dups
     parts = _partitions(spark, config)
     prev_conf = spark.conf.get("spark.sql.shuffle.partitions")
     spark.conf.set("spark.sql.shuffle.partitions", str(parts))

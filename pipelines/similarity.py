@@ -85,7 +85,9 @@ def _views(grey: np.ndarray) -> np.ndarray:
     _, h, w = grey.shape
     out = []
     for crop in (0.0, *CROPS):
-        g = np.einsum("ih,bhw,jw->bij", _window(h, crop), grey, _window(w, crop))
+        # two matrix products, (GRID, H) @ (B, H, W) @ (W, GRID): ~200k multiply-adds an image where the
+        # three-operand einsum summed over (i, j, h, w) at once (12M, 17 ms an image at 64 px)
+        g = _window(h, crop) @ grey @ _window(w, crop).T
         g = g.reshape(len(g), -1)
         g = g - g.mean(axis=1, keepdims=True)
         norm = np.linalg.norm(g, axis=1, keepdims=True)

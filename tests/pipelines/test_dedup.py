@@ -9,6 +9,12 @@ import pytest
 from pipelines import dedup
 from pipelines.dedup import DedupConfig, VerifyMode
 
+@pytest.fixture(params=[0, 10**6], ids=["distributed", "driver"])
+def dedup_path(request) -> int:
+    """DedupConfig.driver_max_rows: every deduplicate() test below runs through both paths, which must agree."""
+    return request.param
+
+
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 
 
@@ -208,7 +214,7 @@ IMG_DDL = ("source_uri string, sha256 string, pixels_sha256 string, phash long, 
            "width int, height int, channels int, pixel_encoding string, pixels binary")
 
 
-def test_deduplicate_keep_rule_over_exact_groups(spark):
+def test_deduplicate_keep_rule_over_exact_groups(spark, dedup_path):
     h, pairs = chain_and_clusters()
     n = len(h)
     # Extra exact copies: 10 of same bytes as image 3 (ranked after it), 10 of same pixels as image 7.
@@ -217,7 +223,7 @@ def test_deduplicate_keep_rule_over_exact_groups(spark):
     pix = {n + 10 + j: "new:p7" for j in range(10)}
     rows = image_rows(np.concatenate([h, extra_h]), "new", sha=sha, pix=pix)
     images = spark.createDataFrame(rows, IMG_DDL)
-    kept, dups = dedup.deduplicate(spark, images, None, DedupConfig(near_distance=8, verify=VerifyMode.NONE, partitions=4))
+    kept, dups = dedup.deduplicate(spark, images, None, DedupConfig(near_distance=8, verify=VerifyMode.NONE, partitions=4, driver_max_rows=dedup_path))
     kept_uris = {r.source_uri for r in kept.collect()}
     d = {r.source_uri: r for r in dups.collect()}
     assert len(kept_uris) + len(d) == len(rows) and not kept_uris & set(d)
@@ -237,26 +243,26 @@ def test_deduplicate_keep_rule_over_exact_groups(spark):
     assert all(r.kind == "near" and 0 <= r.distance <= 8 for u, r in d.items() if u in uri[:n])
 
 
-def test_deduplicate_near_zero_is_exact_only_and_rejects_repeated_uris(spark):
+def test_deduplicate_near_zero_is_exact_only_and_rejects_repeated_uris(spark, dedup_path):
     h = np.array([5, 5, 7, 5], dtype=np.int64)
     rows = image_rows(h, "x", sha={1: "x:s0"})
-    kept, dups = dedup.deduplicate(spark, spark.createDataFrame(rows, IMG_DDL), None, DedupConfig(near_distance=0))
+    kept, dups = dedup.deduplicate(spark, spark.createDataFrame(rows, IMG_DDL), None, DedupConfig(near_distance=0, driver_max_rows=dedup_path))
     assert {r.source_uri for r in kept.collect()} == {"x/00000.png", "x/00002.png", "x/00003.png"}
     assert [tuple(r) for r in dups.collect()] == [("x/00001.png", "x/00000.png", "exact", 0, 1.0)]
-    empty_kept, empty_dups = dedup.deduplicate(spark, spark.createDataFrame([], IMG_DDL), None, DedupConfig())
+    empty_kept, empty_dups = dedup.deduplicate(spark, spark.createDataFrame([], IMG_DDL), None, DedupConfig(driver_max_rows=dedup_path))
     assert (empty_kept.count(), empty_dups.count()) == (0, 0)
     with pytest.raises(ValueError, match="source_uri must be unique"):
-        dedup.deduplicate(spark, spark.createDataFrame(rows + rows[:1], IMG_DDL), None, DedupConfig(near_distance=0))
+        dedup.deduplicate(spark, spark.createDataFrame(rows + rows[:1], IMG_DDL), None, DedupConfig(near_distance=0, driver_max_rows=dedup_path))
 
 
-def test_deduplicate_incremental_previous_always_kept(spark):
+def test_deduplicate_incremental_previous_always_kept(spark, dedup_path):
     """Run 1 then run 2 with `previous` = run 1's kept rows. A new image better ranked than an old one
     still loses to it; exact and near copies of old images are dropped against them; counts add up."""
     rng = np.random.default_rng(5)
     base = rng.integers(-(2**63), 2**63 - 1, size=300, dtype=np.int64)
     run1 = image_rows(base, "run1")
     images1 = spark.createDataFrame(run1, IMG_DDL)
-    cfg = DedupConfig(near_distance=6, verify=VerifyMode.NONE, partitions=4)
+    cfg = DedupConfig(near_distance=6, verify=VerifyMode.NONE, partitions=4, driver_max_rows=dedup_path)
     kept1, dups1 = dedup.deduplicate(spark, images1, None, cfg)
     k1 = kept1.collect()
     assert len(k1) + dups1.count() == 300 and len(k1) == 300  # random hashes: nothing merged
@@ -291,14 +297,14 @@ def test_config_is_validated():
     assert dedup.masks_within(3, 1) == [0, 1, 2, 4]
 
 
-def test_keep_rule_lossless_before_lossy_at_equal_resolution(spark):
+def test_keep_rule_lossless_before_lossy_at_equal_resolution(spark, dedup_path):
     """Resolution first, then lossless before lossy, then file size: a larger JPEG re-encode of a PNG loses to it,
     a larger-resolution JPEG still wins over a smaller PNG."""
     rows = image_rows(np.array([9, 9, 9], dtype=np.int64), "k")
     rows[0].update(source_uri="k/a-reencode.jpg", orig_format="JPEG", file_size=50_000, orig_width=500)
     rows[1].update(source_uri="k/b-original.png", orig_format="PNG", file_size=20_000, orig_width=500)
     rows[2].update(source_uri="k/c-bigger.jpg", orig_format="JPEG", file_size=10_000, orig_width=501)
-    cfg = DedupConfig(near_distance=4, verify=VerifyMode.NONE, partitions=4)
+    cfg = DedupConfig(near_distance=4, verify=VerifyMode.NONE, partitions=4, driver_max_rows=dedup_path)
     kept, dups = dedup.deduplicate(spark, spark.createDataFrame(rows[:2], IMG_DDL), None, cfg)
     assert [r.source_uri for r in kept.collect()] == ["k/b-original.png"]
     kept, dups = dedup.deduplicate(spark, spark.createDataFrame(rows, IMG_DDL), None, cfg)

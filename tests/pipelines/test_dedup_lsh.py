@@ -99,7 +99,7 @@ def test_deduplicate_through_lsh_keeps_the_keep_rule(spark):
     pairs = brute_pairs(h, 8)
     rows = image_rows(h, "lsh")
     cfg = DedupConfig(near_distance=8, verify=VerifyMode.NONE, partitions=4, candidates=CandidateMethod.LSH,
-                      lsh_max_group_rows=512, lsh_exact_rows=64)
+                      lsh_max_group_rows=512, lsh_exact_rows=64, driver_max_rows=0)
     assert dedup.group_key_bits(len(h), 512) == 2
     kept, dups = dedup.deduplicate(spark, spark.createDataFrame(rows, IMG_DDL), None, cfg)
     kept_uris = {r.source_uri for r in kept.collect()}

@@ -131,3 +131,21 @@ def test_a_corner_mark_passes_the_same_change_in_the_middle_does_not():
     middle[30:34, 22:42] = 255
     assert similarity(signature(base), signature(corner)) >= DEFAULT_MIN_SIMILARITY
     assert similarity(signature(base), signature(middle)) < DEFAULT_MIN_SIMILARITY
+
+
+def test_views_by_matrix_products_equal_the_area_sum_definition():
+    """_views computes each cell as two matrix products; the definition is one sum over (h, w) per cell."""
+    import numpy as np
+
+    from pipelines import similarity as S
+
+    rng = np.random.default_rng(7)
+    for h, w in ((64, 64), (32, 48), (8, 8)):
+        grey = rng.integers(0, 256, (5, h, w)).astype(np.float64)
+        got = S._views(grey)
+        for v, crop in enumerate((0.0, *S.CROPS)):
+            cells = np.einsum("ih,bhw,jw->bij", S._window(h, crop), grey, S._window(w, crop)).reshape(5, -1)
+            cells -= cells.mean(axis=1, keepdims=True)
+            want = cells / np.linalg.norm(cells, axis=1, keepdims=True)
+            np.testing.assert_allclose(got[:, v], want, rtol=0, atol=1e-6)
+            assert (got[:, v].astype(np.float16) == want.astype(np.float32).astype(np.float16)).mean() > 0.999

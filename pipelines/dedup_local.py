@@ -1,0 +1,211 @@
+"""The whole dedup decided on the driver, for runs whose compact table fits there (issue 10/14).
+
+`pipelines/dedup.py` spreads dedup over ~70 Spark stages (ranks, exact groups, candidate joins, verification,
+rounds of the greedy MIS): right for 10^8 images, a fixed cost of 10-25 s for 10^3-10^5 of them. Here the same
+decision is made from one compact table collected once, (source_uri, sha256, pixels_sha256, phash, original size,
+format, file size) ~ 200 bytes a row, with numpy:
+
+  ranks          the same order as dedup.assign_ranks (RANK_ORDER), dense ids 0..n-1
+  exact groups   the same two-level rule as dedup.exact_groups (same bytes, then same pixels)
+  candidates     every pair of nodes within pHash distance D, exactly: D + 1 bands of the 64 bits, a pair
+                 within D agrees on at least one band (pigeonhole), so equal-key runs of each band hold every
+                 such pair; the exact distance then filters them
+  verification   pixels of only the candidate pairs' ends (one Spark job), similarity.signatures/similarities
+  keep rule      the sequential greedy by rank, which dedup.greedy_mis proves its rounds equal
+
+Spark jobs: one to collect the compact table, one for the candidates' pixels (only when there are candidates).
+The result equals dedup's distributed path where that path is exact (tests/pipelines/test_dedup_local.py checks
+it on the same inputs), and is a superset of the LSH path's pairs where that one samples.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines import similarity
+from pipelines.dedup import DUPLICATES_COLUMNS, LOSSY_FORMATS, DedupConfig, VerifyMode, _popcount
+from schemas.images import DuplicateKind
+from schemas.pixels import decode_pixels
+
+COMPACT_COLUMNS = ["source_uri", "sha256", "pixels_sha256", "phash", "orig_width", "orig_height", "orig_format", "file_size"]
+PIXEL_COLUMNS = ["source_uri", "width", "height", "channels", "pixel_encoding", "pixels"]
+DUPLICATES_SCHEMA = pa.schema([("source_uri", pa.string()), ("kept_source_uri", pa.string()), ("kind", pa.string()),
+                               ("distance", pa.int32()), ("similarity", pa.float32())])
+_PAIR_CHUNK = 4_000_000  # candidate pairs filtered per numpy step (~100 MB of temporaries)
+
+
+def compact_table(images: DataFrame, previous: DataFrame | None) -> pd.DataFrame:
+    """The compact rows of this run's images and the earlier runs' (is_prev), collected in one job."""
+    slim = images.select(*COMPACT_COLUMNS, F.lit(False).alias("is_prev"))
+    if previous is not None:
+        slim = slim.unionByName(previous.select(*COMPACT_COLUMNS, F.lit(True).alias("is_prev")))
+    return slim.toArrow().to_pandas()
+
+
+def rank(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by dedup.RANK_ORDER, with `id` = rank (0 = best). Python's str order is code point order, which
+    is UTF-8 byte order, Spark's order for strings."""
+    if rows["source_uri"].duplicated().any():
+        repeated = rows.loc[rows["source_uri"].duplicated(), "source_uri"].head(3).tolist()
+        raise ValueError(f"source_uri must be unique over images and previous; found repeated: {repeated}")
+    keys = pd.DataFrame({
+        "prev": rows["is_prev"].astype(bool),
+        "area": rows["orig_width"].astype("int64") * rows["orig_height"].astype("int64"),
+        "lossless": ~rows["orig_format"].fillna("").str.upper().isin(LOSSY_FORMATS),
+        "file_size": rows["file_size"].astype("int64"),
+        "source_uri": rows["source_uri"],
+        "sha256": rows["sha256"].fillna(""),
+    })
+    order = keys.sort_values(["prev", "area", "lossless", "file_size", "source_uri", "sha256"],
+                             ascending=[False, False, False, False, True, True], kind="stable").index
+    ranked = rows.loc[order].reset_index(drop=True)
+    ranked["id"] = np.arange(len(ranked), dtype=np.int64)
+    return ranked
+
+
+def exact_groups(ranked: pd.DataFrame) -> np.ndarray:
+    """(n,) grp: the id of the best-ranked image with the same bytes, then of those the best with the same pixels."""
+    sha_rep = ranked.groupby("sha256", sort=False, dropna=False)["id"].transform("min").to_numpy()
+    reps = ranked["id"].to_numpy() == sha_rep
+    rep_grp = ranked.loc[reps].groupby("pixels_sha256", sort=False, dropna=False)["id"].transform("min")
+    grp_of_rep = pd.Series(rep_grp.to_numpy(), index=ranked.loc[reps, "id"].to_numpy())
+    return grp_of_rep.reindex(sha_rep).to_numpy()
+
+
+def _band_edges(distance: int) -> list[tuple[int, int]]:
+    """(offset, width) of distance + 1 bands covering the 64 bits, widths differing by at most one."""
+    bands = distance + 1
+    widths = [64 // bands + (1 if i < 64 % bands else 0) for i in range(bands)]
+    offsets = np.cumsum([0] + widths[:-1]).tolist()
+    return list(zip(offsets, widths))
+
+
+def near_pairs(hashes: np.ndarray, query: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i < j) of `hashes` (uint64) within Hamming `distance` where query[i] or query[j]; -> (i, j, d)."""
+    n = len(hashes)
+    found: list[np.ndarray] = []
+    for offset, width in _band_edges(distance):
+        key = (hashes >> np.uint64(offset)) & np.uint64((1 << width) - 1)
+        order = np.argsort(key, kind="stable")
+        skey = key[order]
+        starts = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]])
+        run_end = np.repeat(np.r_[starts[1:], n], np.diff(np.r_[starts, n]))  # end of each position's run
+        pos = np.arange(n)
+        k = 1
+        while True:  # pairs (p, p + k) inside a run, for k = 1, 2, ... until no run is longer than k
+            pos = pos[run_end[pos] - pos > k]
+            if not len(pos):
+                break
+            for chunk in range(0, len(pos), _PAIR_CHUNK):
+                p = pos[chunk:chunk + _PAIR_CHUNK]
+                a, b = order[p], order[p + k]
+                i, j = np.minimum(a, b), np.maximum(a, b)
+                keep = (query[i] | query[j]) & (_popcount(hashes[i] ^ hashes[j]) <= distance)
+                found.append(i[keep].astype(np.int64) * n + j[keep])
+            k += 1
+    if not found:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.int32)
+    pairs = np.unique(np.concatenate(found))
+    i, j = pairs // n, pairs % n
+    return i, j, _popcount(hashes[i] ^ hashes[j]).astype(np.int32)
+
+
+def _signatures_by_uri(spark: SparkSession, images: DataFrame, previous: DataFrame | None, uris: list[str]) -> dict[str, bytes]:
+    """Pixel signatures of the named images (this run's or earlier runs'): one Spark job, the pixels of only these."""
+    wanted = F.broadcast(spark.createDataFrame(pd.DataFrame({"source_uri": uris}), "source_uri string"))
+    px = images.select(*PIXEL_COLUMNS)
+    if previous is not None:
+        px = px.unionByName(previous.select(*PIXEL_COLUMNS))
+    out: dict[str, bytes] = {}
+    for batch in px.join(wanted, "source_uri", "left_semi").toArrow().to_batches():
+        c = batch.to_pydict()
+        arrays = [decode_pixels(p, h, w, ch, e) for p, w, h, ch, e in
+                  zip(c["pixels"], c["width"], c["height"], c["channels"], c["pixel_encoding"])]
+        out.update(zip(c["source_uri"], similarity.signatures(arrays)))
+    return out
+
+
+def greedy_keep(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sequential greedy MIS by rank over node positions 0..n-1 (smaller is better) -> (kept (n,) bool,
+    dropper (n,) int64: for a dropped node the position of its best-ranked kept neighbour, else -1)."""
+    kept = np.ones(n_nodes, bool)
+    adj: dict[int, list[int]] = {}
+    for a, b in zip(src.tolist(), dst.tolist()):
+        adj.setdefault(a, []).append(b)
+        adj.setdefault(b, []).append(a)
+    for v in sorted(adj):
+        if kept[v] and any(kept[u] for u in adj[v] if u < v):
+            kept[v] = False
+    dropper = np.full(n_nodes, -1, np.int64)
+    for v in adj:
+        if not kept[v]:
+            dropper[v] = min(u for u in adj[v] if kept[u])
+    return kept, dropper
+
+
+def deduplicate_on_driver(spark: SparkSession, images: DataFrame, previous: DataFrame | None, config: DedupConfig,
+                          rows: pd.DataFrame | None = None) -> pd.DataFrame:
+    """dedup.deduplicate's decision for a run whose compact table fits on the driver -> the duplicates rows
+    (DUPLICATES_COLUMNS), one per dropped image of `images`. `rows`: the compact table, if already collected."""
+    ranked = rank(compact_table(images, previous) if rows is None else rows)
+    ids = ranked["id"].to_numpy()
+    grp = exact_groups(ranked)
+    is_prev = ranked["is_prev"].to_numpy(bool)
+    hashes = ranked["phash"].to_numpy(np.int64).view(np.uint64)
+    node = np.flatnonzero((ids == grp) | is_prev)  # positions = ids (dense ranks)
+
+    # the similarity graph over the nodes: (node index a < b, distance, similarity)
+    a = b = np.zeros(0, np.int64)
+    dist = np.zeros(0, np.int32)
+    sim = np.zeros(0, np.float32)
+    if config.near_distance > 0 and len(node) > 1:
+        a, b, dist = near_pairs(hashes[node], ~is_prev[node], config.near_distance)
+        sim = np.full(len(a), np.nan, np.float32)
+        if config.verify is VerifyMode.PIXELS and len(a):
+            ends = np.unique(np.r_[a, b])
+            uris = ranked["source_uri"].to_numpy()[node]
+            sigs = _signatures_by_uri(spark, images, previous, uris[ends].tolist())
+            sim = similarity.similarities([sigs[u] for u in uris[a]], [sigs[u] for u in uris[b]]).astype(np.float32)
+            ok = sim >= config.min_similarity
+            a, b, dist, sim = a[ok], b[ok], dist[ok], sim[ok]
+    kept_node, dropper = greedy_keep(len(node), a, b)
+    edge_signal = {(int(x), int(y)): (int(d), float(s)) for x, y, d, s in zip(a, b, dist, sim)}
+
+    # each id's group representative's fate, as dedup._deduplicate's `fate`
+    kept_by_id = np.full(len(ranked), -1, np.int64)          # for a dropped representative: the id it yields to
+    rep_similarity = np.full(len(ranked), np.nan, np.float32)
+    rep_kept = np.ones(len(ranked), bool)
+    for k in np.flatnonzero(~kept_node):
+        d = dropper[k]
+        v, u = int(node[k]), int(node[d])
+        rep_kept[v] = False
+        kept_by_id[v] = u
+        rep_similarity[v] = edge_signal[(min(k, d), max(k, d))][1]
+    new = np.flatnonzero(~is_prev)
+    g = grp[new]
+    is_rep = ids[new] == g
+    group_kept = rep_kept[g]
+    target = np.where(is_rep, np.where(group_kept, -1, kept_by_id[g]), np.where(group_kept, g, kept_by_id[g]))
+    dropped = target >= 0
+    rows_new, target = new[dropped], target[dropped]
+    exact = (~is_rep & group_kept)[dropped]
+    distance = np.where(exact, 0, _popcount(hashes[rows_new] ^ hashes[target])).astype(np.int32)
+    similarity_ = np.where(exact, np.float32(1.0), rep_similarity[g[dropped]]).astype(np.float32)
+    uris = ranked["source_uri"].to_numpy()
+    return pd.DataFrame({
+        "source_uri": uris[rows_new],
+        "kept_source_uri": uris[target],
+        "kind": np.where(exact, DuplicateKind.EXACT.value, DuplicateKind.NEAR.value),
+        "distance": distance,
+        "similarity": similarity_,
+    }, columns=DUPLICATES_COLUMNS)
+
+
+def duplicates_frame(spark: SparkSession, dups: pd.DataFrame) -> DataFrame:
+    # column by column from numpy: from_pandas would turn an unverified pair's NaN similarity into null
+    table = pa.Table.from_arrays([pa.array(dups[f.name].to_numpy(), f.type) for f in DUPLICATES_SCHEMA], schema=DUPLICATES_SCHEMA)
+    return spark.createDataFrame(table)
