@@ -72,6 +72,7 @@ from typing import Iterator
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -528,6 +529,23 @@ def _read_file(uri: str) -> bytes:
         return f.read()
 
 
+LISTING_ON_DRIVER_MAX_ROWS = 200_000  # files the driver lists itself (~200 bytes each); a larger tree is listed by tasks
+_SEED_NAMES = [c.split()[0] for c in SEED_DDL.split(", ")]
+
+
+def _walk_on_driver(seeds: list[tuple], walk) -> pa.Table | None:
+    """The listing of `seeds` walked in this process, as one task would walk them all (`walk` is the mapInArrow
+    body); None once it passes LISTING_ON_DRIVER_MAX_ROWS, and the tasks list it instead."""
+    batch = pa.RecordBatch.from_pylist([dict(zip(_SEED_NAMES, s)) for s in seeds])
+    out, rows = [], 0
+    for b in walk(iter([batch])):
+        out.append(b)
+        rows += b.num_rows
+        if rows > LISTING_ON_DRIVER_MAX_ROWS:
+            return None
+    return pa.Table.from_batches(out, schema=LISTING_ARROW)
+
+
 def _local_frame(spark: SparkSession, specs: list[InputSpec], uri_lists: list[tuple[InputSpec, list[str]]],
                  exclude: tuple[str, ...], partitions: int, in_worker: bool) -> tuple[DataFrame, int]:
     """All local FILES inputs and local URI-list entries as one listing (see the module docstring):
@@ -545,13 +563,20 @@ def _local_frame(spark: SparkSession, specs: list[InputSpec], uri_lists: list[tu
         seeds += [(index, "listed", None, uri_to_path(u), False, None, None, spec.uri) for u in uris if u not in excluded]
     if not seeds:
         return spark.createDataFrame([], from_arrow_schema(SOURCE_ARROW)), 0
-    seed_df = spark.createDataFrame(spark.sparkContext.parallelize(seeds, max(1, min(len(seeds), partitions))), SEED_DDL)
     fn = functools.partial(_walk_partition, visited_by_spec=visited_by_spec, exclude=excluded)
-    # Persisted: the count below and the decode stage see one listing (a file created in between is not
-    # an input of this run rather than a conservation failure). Cached rows are paths only, no bytes.
-    raw = seed_df.mapInArrow(fn, from_arrow_schema(LISTING_ARROW)).persist(StorageLevel.MEMORY_AND_DISK)
+    listed = _walk_on_driver(seeds, fn)
+    if listed is not None:  # a small tree: walked here, no Spark job (a listing task costs more than its stats)
+        raw = spark.createDataFrame(listed)
+        total = listed.num_rows
+        n_aliased = pc.sum(pc.and_(listed["_aliased"], pc.is_valid(listed["_ino"])).cast(pa.int64())).as_py()
+    else:
+        seed_df = spark.createDataFrame(spark.sparkContext.parallelize(seeds, max(1, min(len(seeds), partitions))), SEED_DDL)
+        # Persisted: the count below and the decode stage see one listing (a file created in between is not
+        # an input of this run rather than a conservation failure). Cached rows are paths only, no bytes.
+        raw = seed_df.mapInArrow(fn, from_arrow_schema(LISTING_ARROW)).persist(StorageLevel.MEMORY_AND_DISK)
     aliased = F.col("_aliased") & F.col("_ino").isNotNull()
-    total, n_aliased = raw.agg(F.count(F.lit(1)), F.sum(aliased.cast("long"))).collect()[0]
+    if listed is None:
+        total, n_aliased = raw.agg(F.count(F.lit(1)), F.sum(aliased.cast("long"))).collect()[0]
     if not n_aliased:
         out = raw.select(*SOURCE_COLUMNS)
     else:
