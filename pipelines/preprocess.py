@@ -466,6 +466,7 @@ class _Inputs:
     sources: DataFrame            # SOURCE_ARROW rows, one per input
     count: int                    # inputs, counted from the listing (not from `sources`' rows)
     tar_sidecars: int
+    repeated: int                 # local files named by more than one INPUT, listed once (manifest: repeated_inputs)
     partitions: int
 
 
@@ -519,7 +520,7 @@ def list_inputs(job: _Job, inputs: list[str]) -> _Inputs:
     exclude = (job.fs.qualify(cfg.labels_path),) if cfg.labels == LabelMode.SIDECAR else ()
     loaded = load_sources(spark, specs, cfg, partitions, exclude=exclude)
     sources = resolver.sidecar.attach(loaded.df, partitions) if resolver is not None and resolver.sidecar is not None else loaded.df
-    return _Inputs(specs, resolver, sources, loaded.input_count, loaded.tar_sidecars, partitions)
+    return _Inputs(specs, resolver, sources, loaded.input_count, loaded.tar_sidecars, loaded.repeated, partitions)
 
 
 def skip_seen(job: _Job, src: _Inputs) -> _Inputs:
@@ -687,7 +688,8 @@ def check_conservation(job: _Job, src: _Inputs, staged: DataFrame, stats: _Stats
             f"written={written} + rejected={sum(rejected.values())} + duplicates={sum(dup_counts.values())} = {accounted}"
         )
     counts = {"inputs": src.count, "written": written, "rejected": rejected, "duplicates": dup_counts,
-              "unlabeled": stats.unlabeled, "tar_sidecars_skipped": src.tar_sidecars}
+              "unlabeled": stats.unlabeled, "tar_sidecars_skipped": src.tar_sidecars,
+              "repeated_inputs": src.repeated}
     return counts, files
 
 

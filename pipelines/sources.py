@@ -175,6 +175,9 @@ def _oserror(exc: OSError) -> str:
     return f"{type(exc).__name__}: {exc.strerror or exc}"
 
 
+DATASET_MARK = "_imagegen.json"  # schemas.layout.MARK_NAME: a directory holding it is a dataset, never an input
+
+
 class _Walker:
     """Lists one input spec's files (in a Spark task, or partly on the driver) as LISTING_ARROW rows.
 
@@ -297,6 +300,8 @@ class _Walker:
         except OSError as exc:
             return exc
         key = (_i64(st.st_dev), _i64(st.st_ino))
+        if os.path.isfile(os.path.join(child, DATASET_MARK)):  # an imagegen dataset (OUT inside INPUT): not input
+            return None
         if entry.is_symlink():
             links.append((child, key))
         elif key not in self.visited:  # a real directory seen twice: a bind mount loop
@@ -562,10 +567,19 @@ def _local_frame(spark: SparkSession, specs: list[InputSpec], uri_lists: list[tu
         visited_by_spec.append(frozenset())
         seeds += [(index, "listed", None, uri_to_path(u), False, None, None, spec.uri) for u in uris if u not in excluded]
     if not seeds:
-        return spark.createDataFrame([], from_arrow_schema(SOURCE_ARROW)), 0
+        return spark.createDataFrame([], from_arrow_schema(SOURCE_ARROW)), 0, 0
     fn = functools.partial(_walk_partition, visited_by_spec=visited_by_spec, exclude=excluded)
     listed = _walk_on_driver(seeds, fn)
+    repeated = 0
     if listed is not None:  # a small tree: walked here, no Spark job (a listing task costs more than its stats)
+        # one row per source_uri: a folder given with its subfolder, a file named twice, a glob over a folder
+        # one file reached from two INPUTs (a symlinked folder given beside its target): the same (st_dev, st_ino)
+        several = len(specs) + len(uri_lists) > 1
+        keys = zip(listed["source_uri"].to_pylist(), listed["_dev"].to_pylist(), listed["_ino"].to_pylist())
+        seen: set = set()
+        first = [not (k in seen or seen.add(k)) for k in ((d, i) if several and i is not None else u for u, d, i in keys)]
+        repeated = len(first) - sum(first)
+        listed = listed.filter(pa.array(first)) if repeated else listed
         raw = spark.createDataFrame(listed)
         total = listed.num_rows
         n_aliased = pc.sum(pc.and_(listed["_aliased"], pc.is_valid(listed["_ino"])).cast(pa.int64())).as_py()
@@ -588,10 +602,14 @@ def _local_frame(spark: SparkSession, specs: list[InputSpec], uri_lists: list[tu
                  .groupBy("_dev", "_ino").agg(F.min(F.struct(*SOURCE_COLUMNS)).alias("r")).select("r.*"))
         out = real.select(*SOURCE_COLUMNS).unionByName(first)
         total = out.count()
+    if listed is None and len(specs) + len(uri_lists) > 1:  # inputs that may overlap, listed by tasks
+        unique = out.dropDuplicates(["source_uri"])
+        n_unique = unique.count()
+        repeated, total, out = int(total or 0) - n_unique, n_unique, unique
     out = out.repartition(partitions)
     if not in_worker:
         out = out.mapInArrow(_read_contents, from_arrow_schema(SOURCE_ARROW))
-    return out, int(total or 0)
+    return out, int(total or 0), repeated
 
 
 # ----------------------------------------------------------------------------- other schemes: binaryFile
@@ -908,12 +926,13 @@ class Sources:
     df: DataFrame           # SOURCE_ARROW columns, one row per input
     input_count: int        # counted independently of df's rows: file listings, Parquet metadata, tar headers
     tar_sidecars: int       # webdataset sidecar members skipped (not inputs)
+    repeated: int = 0       # local files reached by more than one INPUT (or twice by one): listed once
 
 
 def load_sources(spark: SparkSession, specs: list[InputSpec], cfg: PreprocessConfig, partitions: int,
                  exclude: tuple[str, ...] = ()) -> Sources:
     """All inputs as one DataFrame with SOURCE_ARROW columns. `exclude`: qualified URIs that are not inputs (the sidecar)."""
-    frames, count, sidecars = [], 0, 0
+    frames, count, sidecars, repeated = [], 0, 0, 0
     local_files: list[InputSpec] = []
     local_lists: list[tuple[InputSpec, list[str]]] = []
     for spec in specs:
@@ -939,10 +958,10 @@ def load_sources(spark: SparkSession, specs: list[InputSpec], cfg: PreprocessCon
         frames.append(df)
         count += n
     if local_files or any(uris for _, uris in local_lists):
-        df, n = _local_frame(spark, local_files, local_lists, exclude, partitions, cfg.read_local_in_worker)
+        df, n, repeated = _local_frame(spark, local_files, local_lists, exclude, partitions, cfg.read_local_in_worker)
         frames.append(df)
         count += n
     out = frames[0]
     for f in frames[1:]:
         out = out.unionByName(f)
-    return Sources(out, count, sidecars)
+    return Sources(out, count, sidecars, repeated)
