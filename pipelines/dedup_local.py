@@ -10,8 +10,8 @@ format, file size) ~ 200 bytes a row, with numpy:
   candidates     every pair of nodes within pHash distance D, exactly: D + 1 bands of the 64 bits, a pair
                  within D agrees on at least one band (pigeonhole), so equal-key runs of each band hold every
                  such pair; the exact distance then filters them
-  verification   pixels of only the candidate pairs' ends (one Spark job), similarity.signatures/similarities
-  keep rule      the sequential greedy by rank, which dedup.greedy_mis proves its rounds equal
+  keep rule      the sequential greedy by rank, which dedup.greedy_mis proves its rounds equal, verifying each
+                 pair only when the keep rule needs it (pixels of only the candidate pairs' ends, one Spark job)
 
 Spark jobs: one to collect the compact table, one for the candidates' pixels (only when there are candidates).
 The result equals dedup's distributed path where that path is exact (tests/pipelines/test_dedup_local.py checks
@@ -129,22 +129,35 @@ def _signatures_by_uri(spark: SparkSession, images: DataFrame, previous: DataFra
     return out
 
 
-def greedy_keep(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The sequential greedy MIS by rank over node positions 0..n-1 (smaller is better) -> (kept (n,) bool,
-    dropper (n,) int64: for a dropped node the position of its best-ranked kept neighbour, else -1)."""
+def greedy_keep(n_nodes: int, a: np.ndarray, b: np.ndarray, verified) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sequential greedy MIS by rank over node positions 0..n-1 (smaller is better) on the candidate graph
+    (a, b), verifying lazily: a node is dropped by its best-ranked KEPT candidate neighbour whose pair passes
+    `verified(v, us) -> (index into us of the first that passes or -1, its similarity)`, us ascending. This equals
+    the greedy over the fully verified graph (dedup.greedy_mis): a node's fate depends only on its verified edges
+    to kept nodes ranked before it, and the first passing one in rank order is the best-ranked kept neighbour
+    (kept_by). Pairs with a dropped end are never scored, which is most of them where duplicates abound.
+    -> (kept (n,) bool, dropper (n,) int64, -1 where kept, similarity (n,) float32 of the dropping pair)."""
     kept = np.ones(n_nodes, bool)
-    adj: dict[int, list[int]] = {}
-    for a, b in zip(src.tolist(), dst.tolist()):
-        adj.setdefault(a, []).append(b)
-        adj.setdefault(b, []).append(a)
-    for v in sorted(adj):
-        if kept[v] and any(kept[u] for u in adj[v] if u < v):
-            kept[v] = False
     dropper = np.full(n_nodes, -1, np.int64)
-    for v in adj:
-        if not kept[v]:
-            dropper[v] = min(u for u in adj[v] if kept[u])
-    return kept, dropper
+    sim = np.full(n_nodes, np.nan, np.float32)
+    if not len(a):
+        return kept, dropper, sim
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((lo, hi))  # by the later node, then its earlier neighbours ascending
+    lo, hi = lo[order], hi[order]
+    starts = np.flatnonzero(np.r_[True, hi[1:] != hi[:-1]])
+    for s, e in zip(starts, np.r_[starts[1:], len(hi)]):
+        v = int(hi[s])
+        us = lo[s:e]
+        us = us[kept[us]]
+        if not len(us):
+            continue
+        k, score = verified(v, us)
+        if k >= 0:
+            kept[v] = False
+            dropper[v] = us[k]
+            sim[v] = score
+    return kept, dropper, sim
 
 
 def deduplicate_on_driver(spark: SparkSession, images: DataFrame, previous: DataFrame | None, config: DedupConfig,
@@ -158,33 +171,33 @@ def deduplicate_on_driver(spark: SparkSession, images: DataFrame, previous: Data
     hashes = ranked["phash"].to_numpy(np.int64).view(np.uint64)
     node = np.flatnonzero((ids == grp) | is_prev)  # positions = ids (dense ranks)
 
-    # the similarity graph over the nodes: (node index a < b, distance, similarity)
+    # the candidate graph over the nodes (node index a < b), verified lazily by the keep rule
     a = b = np.zeros(0, np.int64)
-    dist = np.zeros(0, np.int32)
-    sim = np.zeros(0, np.float32)
     if config.near_distance > 0 and len(node) > 1:
-        a, b, dist = near_pairs(hashes[node], ~is_prev[node], config.near_distance)
-        sim = np.full(len(a), np.nan, np.float32)
-        if config.verify is VerifyMode.PIXELS and len(a):
-            ends = np.unique(np.r_[a, b])
-            uris = ranked["source_uri"].to_numpy()[node]
-            sigs = _signatures_by_uri(spark, images, previous, uris[ends].tolist())
-            sim = similarity.similarities([sigs[u] for u in uris[a]], [sigs[u] for u in uris[b]]).astype(np.float32)
-            ok = sim >= config.min_similarity
-            a, b, dist, sim = a[ok], b[ok], dist[ok], sim[ok]
-    kept_node, dropper = greedy_keep(len(node), a, b)
-    edge_signal = {(int(x), int(y)): (int(d), float(s)) for x, y, d, s in zip(a, b, dist, sim)}
+        a, b, _ = near_pairs(hashes[node], ~is_prev[node], config.near_distance)
+    if config.verify is VerifyMode.PIXELS and len(a):
+        uris = ranked["source_uri"].to_numpy()[node]
+        ends = np.unique(np.r_[a, b])
+        by_uri = _signatures_by_uri(spark, images, previous, uris[ends].tolist())
+        sig = {int(k): by_uri[uris[k]] for k in ends}
+
+        def verified(v: int, us: np.ndarray) -> tuple[int, float]:
+            scores = similarity.similarities([sig[v]] * len(us), [sig[int(u)] for u in us])
+            ok = np.flatnonzero(scores >= config.min_similarity)
+            return (int(ok[0]), float(scores[ok[0]])) if len(ok) else (-1, float("nan"))
+    else:
+        def verified(v: int, us: np.ndarray) -> tuple[int, float]:
+            return 0, float("nan")  # every candidate is a duplicate: pHash alone decides
+    kept_node, dropper, drop_sim = greedy_keep(len(node), a, b, verified)
 
     # each id's group representative's fate, as dedup._deduplicate's `fate`
     kept_by_id = np.full(len(ranked), -1, np.int64)          # for a dropped representative: the id it yields to
     rep_similarity = np.full(len(ranked), np.nan, np.float32)
     rep_kept = np.ones(len(ranked), bool)
-    for k in np.flatnonzero(~kept_node):
-        d = dropper[k]
-        v, u = int(node[k]), int(node[d])
-        rep_kept[v] = False
-        kept_by_id[v] = u
-        rep_similarity[v] = edge_signal[(min(k, d), max(k, d))][1]
+    dropped_nodes = np.flatnonzero(~kept_node)
+    rep_kept[node[dropped_nodes]] = False
+    kept_by_id[node[dropped_nodes]] = node[dropper[dropped_nodes]]
+    rep_similarity[node[dropped_nodes]] = drop_sim[dropped_nodes]
     new = np.flatnonzero(~is_prev)
     g = grp[new]
     is_rep = ids[new] == g
