@@ -179,10 +179,12 @@ def deduplicate_on_driver(spark: SparkSession, images: DataFrame, previous: Data
         uris = ranked["source_uri"].to_numpy()[node]
         ends = np.unique(np.r_[a, b])
         by_uri = _signatures_by_uri(spark, images, previous, uris[ends].tolist())
-        sig = {int(k): by_uri[uris[k]] for k in ends}
+        row_of = np.full(len(node), -1, np.int64)
+        row_of[ends] = np.arange(len(ends))
+        sig = similarity.unpack([by_uri[u] for u in uris[ends]])  # (ends, views, dim) float32, unpacked once
 
         def verified(v: int, us: np.ndarray) -> tuple[int, float]:
-            scores = similarity.similarities([sig[v]] * len(us), [sig[int(u)] for u in us])
+            scores = similarity.similarities_unpacked(sig[row_of[v]][None], sig[row_of[us]])
             ok = np.flatnonzero(scores >= config.min_similarity)
             return (int(ok[0]), float(scores[ok[0]])) if len(ok) else (-1, float("nan"))
     else:

@@ -127,7 +127,17 @@ def similarities(a: Sequence[bytes], b: Sequence[bytes]) -> np.ndarray:
         raise ValueError(f"a and b must pair up, got {len(a)} and {len(b)} signatures")
     if not len(a):
         return np.zeros(0, np.float32)
-    va, vb = _unpack(a), _unpack(b)
+    return similarities_unpacked(_unpack(a), _unpack(b))
+
+
+def unpack(sigs: Sequence[bytes]) -> np.ndarray:
+    """Signatures -> (N, _VIEWS, _DIM) float32, for callers that score one image against many (similarities_unpacked)."""
+    return _unpack(sigs)
+
+
+def similarities_unpacked(va: np.ndarray, vb: np.ndarray) -> np.ndarray:
+    """`similarities` on unpacked signatures (N, _VIEWS, _DIM); va may be (1, ...) against any number of vb."""
+    va = np.broadcast_to(va, vb.shape) if len(va) == 1 else va
     whole = np.einsum("pd,pd->p", va[:, 0], vb[:, 0])
     a_crop = np.einsum("pkd,pd->pk", va[:, 1:], vb[:, 0])  # a zoomed in, against all of b
     b_crop = np.einsum("pd,pkd->pk", va[:, 0], vb[:, 1:])
