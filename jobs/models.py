@@ -42,7 +42,12 @@ def main(argv: list[str]) -> int:
         if ns.action in ("show", "promote") and not ns.version:
             raise RegistryError(f"`imagegen models {ns.action}` needs a VERSION (see `imagegen models list --root {ns.root}`)")
         if ns.action == "list":
-            rows, current = reg.versions(), reg.current()
+            rows = reg.versions()
+            try:
+                current = reg.current()
+            except RegistryError as e:  # named, and the versions are still listed
+                current = None
+                print(f"imagegen models: {e}", file=sys.stderr)
             if ns.json:
                 print(json.dumps({"current": current, "versions": rows}, indent=2, sort_keys=True))
             elif not rows:
@@ -50,7 +55,7 @@ def main(argv: list[str]) -> int:
             for r in [] if ns.json else rows:
                 mark = "*" if r["version"] == current else " "
                 print(f"{mark} {r['version']}  {r['status']:<9}  night {r.get('night') or '-':<10}  "
-                      f"data {r['manifest_id']}  code {r['code_version']}  {headline(r['metrics'])}")
+                      f"data {r['manifest_id']}  code {r['code_version']}  {r.get('error') or headline(r['metrics'])}")
         elif ns.action == "show":
             r = reg.get(ns.version)
             print(json.dumps(r, indent=2, sort_keys=True) if ns.json else
