@@ -27,6 +27,7 @@ import enum
 import math
 import os
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -36,6 +37,37 @@ import yaml
 
 # A finite decimal number as written in a config file: 2e-4, -1.5, .5, 3 (no "nan", "inf", "0x10", "1_000").
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+# Bounds on what a config file may be (13/14): a config is a few dozen keys, so anything past these is not one.
+MAX_CONFIG_BYTES = 64 * 1024   # file size
+MAX_YAML_ALIASES = 100         # `*alias` references: nine levels of nine aliases expand to 9^9 nodes
+MAX_YAML_DEPTH = 32            # nesting levels (PyYAML's composer recurses, and dies of RecursionError near 300)
+_SHOWN = reprlib.Repr()        # a value echoed in a message: at most ~200 characters, however large it is
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxlevel = 160, 160, 6, 6, 3
+
+
+def shown(value: Any) -> str:
+    """repr(value), truncated (reprlib) so that no message echoing a user value grows past ~200 characters."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a document with more than MAX_YAML_ALIASES alias references (before expanding them)."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name): not a config file")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels: not a config file")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 class ConfigError(ValueError):
@@ -50,8 +82,8 @@ def _describe(value: Any) -> str:
     """How a found value is shown: the value as written, then its YAML/Python type."""
     kind = {bool: "boolean", int: "integer", float: "float", str: "string", type(None): "null", list: "list",
             dict: "mapping"}.get(type(value), type(value).__name__)
-    shown = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) or value is None else repr(value)
-    return f"{shown} ({kind})"
+    text = str(value).lower() if isinstance(value, bool) or value is None else shown(value)
+    return f"{text} ({kind})"
 
 
 def _split_optional(hint: Any) -> tuple[Any, bool]:
@@ -108,12 +140,23 @@ def _coerce(kind: Any, value: Any) -> Any:
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML config file -> its mapping (empty file: {}); a syntax error or a non-mapping is one ConfigError line."""
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        size = os.path.getsize(path)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{os.fspath(path)}: {size} bytes, more than a config file holds (at most {MAX_CONFIG_BYTES})"])
+        with open(path, encoding="utf-8", errors="strict") as f:
+            loader = _BoundedLoader(f)  # what yaml.safe_load does, with the alias bound
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{os.fspath(path)}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except RecursionError:  # the scanner's own recursion, before the composer's depth bound is reached
+        raise ConfigError([f"{os.fspath(path)}: nested too deep to be a config file"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError([f"{os.fspath(path)}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"]) from None
+        raise ConfigError([f"{os.fspath(path)}: not valid YAML{where}: {shown(str(getattr(exc, 'problem', None) or exc))[1:-1]}"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -135,7 +178,7 @@ def check_fields(cls: type, values: Mapping[str, Any], source: str, what: str = 
         name = str(key).replace("-", "_")
         if name not in hints or name not in names:
             close = difflib.get_close_matches(name, names, n=1)
-            unknown.append(f"{str(key)!r} (did you mean {close[0]!r}?)" if close else f"{str(key)!r} (no close match)")
+            unknown.append(f"{shown(str(key))} (did you mean {close[0]!r}?)" if close else f"{shown(str(key))} (no close match)")
             continue
         if name in out:
             problems.append(f"{source}: key {name!r} is given twice (as {str(key)!r} and its other spelling)")
@@ -147,7 +190,7 @@ def check_fields(cls: type, values: Mapping[str, Any], source: str, what: str = 
         try:
             out[name] = _coerce(kind, value)
         except TypeError:
-            problems.append(f"{source}: key {str(key)!r} expects {_expects(kind, optional)}, found {_describe(value)}")
+            problems.append(f"{source}: key {shown(str(key))} expects {_expects(kind, optional)}, found {_describe(value)}")
     if unknown:
         problems.insert(0, f"{source}: unknown {what} keys: {', '.join(unknown)}")
     if problems:
