@@ -223,4 +223,5 @@ def deduplicate_on_driver(spark: SparkSession, images: DataFrame, previous: Data
 def duplicates_frame(spark: SparkSession, dups: pd.DataFrame) -> DataFrame:
     # column by column from numpy: from_pandas would turn an unverified pair's NaN similarity into null
     table = pa.Table.from_arrays([pa.array(dups[f.name].to_numpy(), f.type) for f in DUPLICATES_SCHEMA], schema=DUPLICATES_SCHEMA)
-    return spark.createDataFrame(table)
+    # a local table is split over the default parallelism; duplicates are few, so one file per ~500k rows
+    return spark.createDataFrame(table).coalesce(max(1, table.num_rows // 500_000))

@@ -263,9 +263,14 @@ def run_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: Prepro
     layout = DatasetLayout(out)
     _check_out(fs, layout)
     fs.mkdirs(layout.root)
-    write_mark(fs, layout)
-    with dataset_lock(fs, layout.lock, log):
-        return _run_locked(spark, inputs, out, cfg, fs, layout, t_start, log)
+    marked = write_mark(fs, layout)
+    try:
+        with dataset_lock(fs, layout.lock, log):
+            return _run_locked(spark, inputs, out, cfg, fs, layout, t_start, log)
+    except BaseException:
+        if marked and not fs.exists(layout.manifest):  # this run made OUT ours and left no dataset: leave OUT as it was
+            fs.delete(layout.mark)
+        raise
 
 
 def _run_locked(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig, fs: FileSystem,
@@ -354,9 +359,10 @@ def _is_marked(fs: FileSystem, layout: DatasetLayout) -> bool:
     return True
 
 
-def write_mark(fs: FileSystem, layout: DatasetLayout) -> None:
-    """Mark OUT as imagegen's before anything else is written into it (create-if-absent: two racing writers agree)."""
-    fs.create_exclusive(layout.mark, json.dumps({"tool": "imagegen", "layout": "dataset",
+def write_mark(fs: FileSystem, layout: DatasetLayout) -> bool:
+    """Mark OUT as imagegen's before anything else is written into it (create-if-absent: two racing writers agree).
+    True when this call made the mark."""
+    return fs.create_exclusive(layout.mark, json.dumps({"tool": "imagegen", "layout": "dataset",
                                                  "created": dt.datetime.now(dt.timezone.utc).isoformat()}) + "\n")
 
 

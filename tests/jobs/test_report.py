@@ -159,7 +159,10 @@ def _dup_rows(ds: Path, m) -> dict:
 
     from schemas import listed_files
 
-    return pq.read_table(listed_files(str(ds), m, "duplicates")[0], columns=["source_uri", "kept_source_uri"]).to_pydict()
+    import pyarrow as pa
+
+    files = listed_files(str(ds), m, "duplicates")
+    return pa.concat_tables([pq.read_table(f, columns=["source_uri", "kept_source_uri"]) for f in files]).to_pydict()
 
 
 def test_run_report(made: dict, tmp_path: Path) -> None:
