@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML with PreprocessConfig keys; flags override it")
     p.add_argument("--overwrite", action="store_true", help="replace a complete dataset already at OUT")
     p.add_argument("--dry-run", action="store_true", help="list and count inputs, print the config and plan, write nothing")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Spark's own log on the console (INFO; it always goes to the log file named at the end)")
     return p
 
 
@@ -128,9 +131,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"imagegen preprocess: {line}", file=sys.stderr)
         return 2
     print("imagegen preprocess config:", json.dumps(cfg.to_dict(), sort_keys=True), flush=True)
+    if args.verbose:
+        os.environ.setdefault("IMAGEGEN_SPARK_LOG", "INFO")
+    from pipelines import interrupt
 
-    from pipelines.lock import LockedError
-    from pipelines.preprocess import DatasetExistsError, NotADatasetError, NothingWrittenError, plan_preprocess, run_preprocess
+    interrupt.install()  # from here a Ctrl-C or SIGTERM is one line and exit 130/143 (pipelines/interrupt.py)
+    try:
+        rc = _run(args, cfg)
+        if interrupt.requested() is not None and rc == 0:
+            print("imagegen preprocess: the interrupt came after the commit: the run completed", file=sys.stderr)
+        return rc
+    except BaseException:
+        signum = interrupt.requested()
+        if signum is None:
+            raise
+        # Whatever the signal interrupted (a stage boundary, a cancelled Spark job, the start-up), the run's own
+        # cleanup has removed what it wrote: OUT is as it was.
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"imagegen preprocess: interrupted ({name}) during {interrupt.phase()}: nothing was committed and "
+              f"{args.output} is as it was; run the same command again to continue", file=sys.stderr, flush=True)
+        return 128 + signum
+    finally:
+        interrupt.reset()
+
+
+def _run(args: argparse.Namespace, cfg: PreprocessConfig) -> int:
+    from pipelines import interrupt
+    from pipelines.preprocess import plan_preprocess, run_preprocess
     from pipelines.spark import get_spark
 
     if _under_spark_submit():
@@ -143,13 +170,32 @@ def main(argv: list[str] | None = None) -> int:
 
     shared = SparkSession.getActiveSession()  # a caller's session (tests, notebooks) is left running
     spark = get_spark(master, app_name="imagegen-preprocess")
-    _ship_packages(spark)
+    interrupt.install(spark)  # again: PySpark's context replaced our SIGINT handler with its own
     try:
+        interrupt.enter("start-up")
+        _ship_packages(spark)
         if args.dry_run:
             print(plan_preprocess(spark, args.inputs, args.output, cfg).render())
             return 0
-        run_preprocess(spark, args.inputs, args.output, cfg)
+        result = run_preprocess(spark, args.inputs, args.output, cfg)
+        _print_next(args, result)
         return 0
+    except BaseException as exc:
+        if interrupt.requested() is not None:
+            raise  # whatever broke, it broke because we stopped it: main() prints the one line
+        return _failed(exc, args, cfg, spark)
+    finally:
+        if shared is None:
+            spark.stop()
+
+
+def _failed(exc: BaseException, args: argparse.Namespace, cfg: PreprocessConfig, spark) -> int:
+    """A failed run's one line and exit code; an exception nobody explains is raised again."""
+    from pipelines.lock import LockedError
+    from pipelines.preprocess import DatasetExistsError, NotADatasetError, NothingWrittenError, plan_preprocess
+
+    try:
+        raise exc
     except (DatasetExistsError, NotADatasetError, FileNotFoundError, ValueError) as exc:
         print(f"imagegen preprocess: {exc}", file=sys.stderr)
         return 2
@@ -178,9 +224,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imagegen preprocess: out of disk space writing {args.output}: needs {need}{free}; nothing was written "
               "(no manifest, no partial partitions). Free some space or choose another --output", file=sys.stderr)
         return 1
-    finally:
-        if shared is None:
-            spark.stop()
+
+
+def _print_next(args: argparse.Namespace, result) -> None:
+    """The last lines of every job (train and nightly end the same way): what was made, where it is, what next."""
+    import shlex
+
+    from pipelines.spark import spark_log_file
+
+    m, out = result.manifest, shlex.quote(args.output)
+    print(f"made: dataset run {m.run_id}, {m.counts['written']} images ({m.resolution} px)", flush=True)
+    print(f"where: {args.output} (manifest.json lists its files)" +
+          (f"; Spark's log: {spark_log_file()}" if spark_log_file() is not None else ""), flush=True)
+    print(f"next: imagegen train --data {out} --run-dir RUN   (or: imagegen report {out})", flush=True)
 
 
 if __name__ == "__main__":

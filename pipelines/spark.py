@@ -8,8 +8,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 # Rows per Arrow batch handed to mapInArrow/mapInPandas. Rows carry image bytes (raw files of
@@ -22,9 +25,6 @@ def get_spark(master: str | None = "local[*]", app_name: str = "imagegen", conf:
     # Executors must run the same interpreter as the driver (the project's venv).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(app_name)
-    if master:
-        builder = builder.master(master)
     local = master is not None and master.startswith("local")
     if local:
         # Local mode stays on loopback: without this Spark resolves the hostname, warns that it is a loopback
@@ -33,6 +33,7 @@ def get_spark(master: str | None = "local[*]", app_name: str = "imagegen", conf:
         # (the user gives spark.driver.host there when the cluster needs a particular interface).
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     settings = {
+        "spark.app.name": app_name,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(DEFAULT_ARROW_BATCH_ROWS),
         "spark.sql.session.timeZone": "UTC",
@@ -41,30 +42,106 @@ def get_spark(master: str | None = "local[*]", app_name: str = "imagegen", conf:
         "spark.sql.shuffle.partitions": os.environ.get("IMAGEGEN_SHUFFLE_PARTITIONS", "8"),
         "spark.python.worker.reuse": "true",
     }
+    if master:
+        settings["spark.master"] = master
     if local:
         settings["spark.driver.host"] = os.environ["SPARK_LOCAL_IP"]
         settings["spark.driver.bindAddress"] = os.environ["SPARK_LOCAL_IP"]
     settings.update(conf or {})
-    archive = cds_archive() if master else None  # under spark-submit the driver JVM is already running
+    level = spark_log_level()
+    if master is None or SparkContext._gateway is not None:
+        # Under spark-submit the driver JVM is already running (and its console is spark-submit's); a JVM this
+        # process started before (a test's, a notebook's, an earlier job's) is reused: PySpark keeps one gateway
+        # per process and would ignore a second.
+        spark = _builder(settings).getOrCreate()
+    else:
+        spark = _start(settings)
+    spark.sparkContext.setLogLevel(level)
+    return spark
+
+
+def _builder(settings: dict[str, str]) -> SparkSession.Builder:
+    builder = SparkSession.builder
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    return builder
+
+
+def _start(settings: dict[str, str]) -> SparkSession:
+    """Launch the driver JVM ourselves, in a session of its own with its console in a log file, then build the
+    SparkSession on it. Its own session: a terminal's Ctrl-C or a scheduler's SIGTERM to our process group reaches
+    us only, and we stop Spark in order (the JVM and its Python workers die with their stdin when we exit, so
+    nothing outlives us). Its console in a file: the JVM's start-up chatter (incubator modules, the log4j profile,
+    NativeCodeLoader) and Spark's warnings are not the user's console (IMAGEGEN_SPARK_LOG=INFO or --verbose
+    shows them too)."""
+    archive = cds_archive()
     if archive is not None:
         # Class data sharing: the driver JVM maps the classes a preprocess job loads from one archive instead of
         # loading and verifying ~10k classes from Spark's jars (session start 6.0 -> 4.1 s, first job 3.0 -> 1.8 s).
         own = settings.get("spark.driver.extraJavaOptions", "")
-        settings["spark.driver.extraJavaOptions"] = f"{cds_java_options(archive)} {own}".strip()
-    for key, value in settings.items():
-        builder = builder.config(key, value)
+        with_cds = {**settings, "spark.driver.extraJavaOptions": f"{cds_java_options(archive)} {own}".strip()}
+        try:
+            return _launch(with_cds)
+        except Exception:  # noqa: BLE001
+            # A JVM that cannot map the archive (another JDK build, a damaged file) dies at start: forget the
+            # archive and start without it; `scripts/setup.sh` makes a new one.
+            forget_cds_archive(archive)
+    return _launch(settings)
+
+
+def _launch(settings: dict[str, str]) -> SparkSession:
+    global _log_path
+    from pyspark import SparkConf
+    from pyspark.java_gateway import launch_gateway
+
+    path = _new_log_path()
+    log = open(path, "ab")  # the JVM holds its own descriptor; ours closes with this function
     try:
-        spark = builder.getOrCreate()
-    except Exception:
-        if archive is None:
-            raise
-        # A JVM that cannot map the archive (another JDK build, a damaged file) dies at start: forget the archive
-        # and start without it; `scripts/setup.sh` makes a new one.
-        forget_cds_archive(archive)
-        builder = builder.config("spark.driver.extraJavaOptions", conf.get("spark.driver.extraJavaOptions", "") if conf else "")
-        spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("IMAGEGEN_SPARK_LOG_LEVEL", "WARN"))
-    return spark
+        echo = os.environ.get("IMAGEGEN_SPARK_LOG") is not None
+        popen = {"start_new_session": True, "stdout": subprocess.PIPE if echo else log,
+                 "stderr": subprocess.PIPE if echo else log}
+        spark_conf = SparkConf(loadDefaults=True)
+        for key, value in settings.items():
+            spark_conf.set(key, value)
+        gateway = launch_gateway(spark_conf, popen_kwargs=popen)
+        if echo:  # --verbose: the JVM's console on ours and in the file
+            for src, dst in ((gateway.proc.stdout, sys.stdout), (gateway.proc.stderr, sys.stderr)):
+                threading.Thread(target=_tee, args=(src, dst, path), daemon=True, name="imagegen-spark-log").start()
+        SparkContext(conf=spark_conf, gateway=gateway)
+    finally:
+        log.close()
+    _log_path = path
+    return _builder(settings).getOrCreate()
+
+
+def _tee(src, dst, path: Path) -> None:
+    with open(path, "ab", buffering=0) as f:
+        for line in iter(src.readline, b""):
+            f.write(line)
+            dst.write(line.decode(errors="replace"))
+            dst.flush()
+
+
+_log_path: Path | None = None
+
+
+def spark_log_level() -> str:
+    return (os.environ.get("IMAGEGEN_SPARK_LOG") or os.environ.get("IMAGEGEN_SPARK_LOG_LEVEL") or "WARN").upper()
+
+
+def spark_log_file() -> Path | None:
+    """The file the driver JVM's console goes to (None when the JVM was not started here, e.g. spark-submit)."""
+    return _log_path
+
+
+def _new_log_path() -> Path:
+    """IMAGEGEN_LOG_DIR (nightly sets its run's logs/), else ~/.cache/imagegen/logs: never OUT, which must stay
+    exactly as it was when a run fails."""
+    base = os.environ.get("IMAGEGEN_LOG_DIR") or os.path.join(
+        os.environ.get("IMAGEGEN_CACHE", Path.home() / ".cache" / "imagegen"), "logs")
+    Path(base).mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path(base) / f"spark-{stamp}-{os.getpid()}.log"
 
 
 # ----------------------------------------------------------------------------- class data sharing (10/14)

@@ -177,7 +177,7 @@ def test_failed_run_leaves_no_manifest_and_nothing_complete(spark, tmp_path, mon
     monkeypatch.setenv("IMAGEGEN_FAULT", "error:commit:first-move")  # fails after the commit moved images/ into place
     with pytest.raises(InjectedFault, match="injected failure at commit:first-move"):
         run_preprocess(spark, [str(src)], str(out), PreprocessConfig(resolution=32))
-    assert sorted(p.name for p in out.iterdir()) == []  # no manifest, no partitions, no staging, no lock, no mark
+    assert not out.exists()  # the run made OUT, committed nothing, and removed it: OUT is as it was
 
 
 def test_dry_run_counts_and_writes_nothing(tmp_path, capsys):
