@@ -450,7 +450,8 @@ def _grid_section(m: Manifest, image_files: list[str], cfg: ReportConfig) -> str
     for r in picked:
         arr = decode_pixels(r["pixels"], r["height"], r["width"], r["channels"], r["pixel_encoding"])
         label = r.get("label")
-        tiles.append(f'<div class="tile">{_img(_data_uri(_png(arr)), str(label), title=r["source_uri"])}<br>{_e(label if label is not None else "")}</div>')
+        alt = str(label) if label is not None else r["source_uri"].rstrip("/").rsplit("/", 1)[-1]  # unlabelled: the file name
+        tiles.append(f'<div class="tile">{_img(_data_uri(_png(arr)), alt, title=r["source_uri"])}<br>{_e(label if label is not None else "")}</div>')
     note = (f'<p class="note">{len(picked)} images as stored ({m.resolution} px, {m.channels} channel(s), normalised), '
             f"picked round robin over labels from the first {head.num_rows:,} rows of images/.</p>")
     return _section("Stored images", note + f'<div class="grid">{"".join(tiles)}</div>', "grid")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,12 @@ def test_user_files_inside_a_dataset_survive_incremental_overwrite_and_report(sp
     r = _cli("report", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     assert _digests(out, files) == before
+    # the unlabelled images' grid tiles are named by their file names, not "None"
+    page = (out / "report.html").read_text()
+    grid = re.search(r'<section id="grid">.*?</section>', page, re.S).group(0)
+    alts = re.findall(r'<div class="tile"><img[^>]*\balt="([^"]*)"', grid)
+    assert alts and 'alt="None"' not in page
+    assert set(alts) <= {p.name for p in src.rglob("*") if p.is_file()}
 
 
 def test_a_killed_runs_leftovers_are_still_removed_beside_user_files(spark, src, tmp_path):
