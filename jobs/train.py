@@ -160,10 +160,16 @@ def main(argv: list[str]) -> int:
             print(f"[train] rank {r['rank']}/{r['world_size']}: step {r['step']} metrics {r['metrics']}", flush=True)
         return 0
     from training.checkpoint import CheckpointError
+    from training.interrupt import TrainInterrupted
     from training.loop import train  # rank 0 prints the config and writes RUN/config.json
 
     try:
         result = train(config)
+    except TrainInterrupted as e:  # one line: where it stopped, what was saved, how to go on
+        if e.checkpoint is not None:
+            print(f"imagegen train: {e}: checkpoint {e.checkpoint}; run the same command with --resume auto "
+                  "to continue from that step", file=sys.stderr, flush=True)
+        return e.exit_code
     except (FileNotFoundError, FileExistsError, CheckpointError, ValueError) as e:  # bad input: say what, no traceback
         print(f"imagegen train: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 1
@@ -180,6 +186,9 @@ def main(argv: list[str]) -> int:
         return 1
     if result.rank == 0:
         print(f"[train] done: step {result.step}, checkpoint {result.checkpoint}, metrics {result.metrics}", flush=True)
+        print(f"[train] made: a {config.model.value} model trained to step {result.step}; where: {config.run_dir}; next: "
+              f"imagegen evaluate --checkpoint {config.run_dir} --data {config.data}  "
+              f"(or imagegen generate --checkpoint {config.run_dir} --out samples.png)", flush=True)
     return 0
 
 

@@ -43,6 +43,7 @@ from torch import nn
 from training import checkpoint, dist, losses, models, sample, warmstart
 from training.config import ModelKind, Precision, Resume, TrainConfig
 from training.data import Batch, LoaderConfig, open_loader, to_model_input
+from training.interrupt import StopRequest, TrainInterrupted
 
 CHECKPOINT_FORMAT = 1
 
@@ -412,6 +413,8 @@ def _training_loop(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> TrainResu
 
     # ------------------------------------------------------------------ the loop
     ids_seen: list[str] = []
+    stop = StopRequest()
+    cleanup.callback(stop.restore)
     interval, last, last_local = Averager(), {}, {}
     final_ckpt = None
     t_log, steps_since = time.perf_counter(), 0
@@ -462,6 +465,13 @@ def _training_loop(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> TrainResu
                 if want_ckpt:
                     final_ckpt = save_checkpoint()
                 t_log += time.perf_counter() - t_io  # step time / throughput exclude sample and checkpoint writes
+            signum = None if done else stop.agreed(dist.allreduce_mean)
+            if signum is not None:  # finish here: rank 0 checkpoints this step (unless it just did), every rank stops
+                if dist.is_main() and not want_ckpt:
+                    prepare_ema()
+                    final_ckpt = save_checkpoint()
+                dist.barrier()
+                raise TrainInterrupted(signum, step, str(final_ckpt) if dist.is_main() and final_ckpt else None)
             if done:
                 break
         if step_in_epoch >= spe:
