@@ -239,7 +239,11 @@ def _cds_workload(archive: str) -> None:
             Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(src / f"{i}.png")
         Image.open(src / "0.png").save(src / "copy.jpg", quality=95)
         run_preprocess(spark, [str(src)], str(Path(tmp) / "out"), PreprocessConfig(resolution=32), log=lambda s: None)
+    jvm = spark.sparkContext._gateway.proc  # in a session of its own: it would outlive us, still dumping the archive
     spark.stop()
+    if jvm.stdin is not None:
+        jvm.stdin.close()  # PySpark's JVM exits when its stdin closes; the archive is written on that exit
+    jvm.wait(timeout=600)
 
 
 if __name__ == "__main__":
