@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from training import checkpoint, models, sample
+from training import checkpoint, sample
 from jobs.cliutil import Parser
 
 
@@ -24,7 +24,8 @@ class GenerateConfig:
     checkpoint: str   # a checkpoint file, or a run directory (newest valid checkpoint in it)
     out: str          # DIR (one PNG per image) or FILE.png (one grid)
     num: int = 64
-    label: str | None = None  # cdcgan only: class name (or index) for every image (default: cycle through classes)
+    label: str | None = None  # class name (or index) for every image: cdcgan (default: cycle through the classes),
+                              # or a VAE trained on labels (default: its whole prior)
     seed: int = 0
     nrow: int | None = None   # grid columns (default: ~sqrt(num))
 
@@ -42,8 +43,6 @@ def run(config: GenerateConfig) -> list[Path]:
         path = found[0]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec, net, classes = sample.load_sampler(path, device)
-    if config.label is not None and spec.kind != models.ModelKind.CDCGAN:
-        raise ValueError(f"--label needs a class-conditional model (cdcgan); this checkpoint is {spec.kind.value}")
     label = sample.resolve_label(config.label, classes) if config.label is not None else None
     images = sample.generate(net, spec, config.num, config.seed, label, device)
     out = Path(config.out)
@@ -56,7 +55,7 @@ def main(argv: list[str]) -> int:
     p = Parser(prog="imagegen generate", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     p.add_argument("--num", type=int, default=64)
-    p.add_argument("--label", default=None, help="class name from the dataset (or its index); cdcgan only")
+    p.add_argument("--label", default=None, help="class name from the dataset (or its index); cdcgan, or a VAE trained on a labelled dataset")
     p.add_argument("--out", required=True, help="DIR for one PNG per image, or FILE.png for a grid")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nrow", type=int, default=None)

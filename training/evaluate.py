@@ -3,10 +3,10 @@
 Sets (all from one seeded pool of real rows, training.features.read_pool; n = min(num_samples, pool // 2)):
   A = pool[0:n]    the real reference the samples are compared with
   B = pool[n:2n]   a disjoint real sample of the same size: metric(A, B) is the real-data floor of each metric
-  G = n samples    latents z = randn(n, z_dim) from a CPU generator seeded with `seed`; a cdcgan is asked for
-                   A's labels (the data's class proportions, and per class as many samples as A has)
+  G = n samples    latents z = randn(n, z_dim) from a CPU generator seeded with `seed`; a class-conditional
+                   model (cdcgan, or a VAE whose prior was fitted per class) is asked for A's labels (the data's class proportions, and per class as many samples as A has)
 Metrics, in one feature space (training.features): FID and KID (torchmetrics), precision / recall
-(Kynkaenniemi et al. 2019) and coverage (Naeem et al. 2020) with k-NN radii (scikit-learn); cdcgan: accuracy of
+(Kynkaenniemi et al. 2019) and coverage (Naeem et al. 2020) with k-NN radii (scikit-learn); class-conditional: accuracy of
 the requested label by the domain classifier, overall and per class, and per-class recall / coverage; VAE: ELBO in
 nats and bits/dim and the reconstruction error (posterior mean) on A.
 
@@ -268,7 +268,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     n = min(cfg.num_samples, pool.images.shape[0] // 2)
     if n < cfg.k + 1:
         raise ValueError(f"{cfg.data}: {pool.images.shape[0]} real rows give sets of {n}, need more than k = {cfg.k}")
-    conditional = spec.kind == models.ModelKind.CDCGAN
+    conditional = sample.by_label(net, spec)  # a cdcgan, or a VAE whose prior was fitted per class
     if conditional and pool.labels is None:
         raise ValueError(f"{ckpt} is a class-conditional model but {cfg.data} has no labels")
     ext, domain = _build_extractor(cfg, pool, weights, need_classifier=conditional)
@@ -287,10 +287,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         imgs = from_model_output(gen_fn(z[lo:hi], None if labels is None else labels[lo:hi]).float())
         out = {"f": ext.features(imgs)}
         if conditional:
-            out["pred"] = domain.logits(imgs).argmax(1)
+            out["pred"], out["conf"] = _predict(domain, imgs)
         return out
 
     gen = _map_batches(n, cfg.batch_size, gen_batch, "[evaluate] samples -> features", cfg.progress)
+    if conditional:  # the classifier's confidence on real rows B: the floor of the samples' confidence
+        real_b = pool.images[n:2 * n]
+        gen["real_conf"] = _map_batches(n, cfg.batch_size, lambda lo, hi: {"c": _predict(domain, real_b[lo:hi])[1]},
+                                        "[evaluate] real -> classifier", cfg.progress)["c"]
 
     vae_rows = None
     if spec.kind == models.ModelKind.VAE:
@@ -337,6 +341,9 @@ def _metrics(cfg, ckpt, payload, spec, pool, n, ext, domain, ref, ref_path, ref_
     }
     if labels is not None:
         res["conditional"] = _conditional(cfg, A, B, G, labels, pool.labels[n:2 * n], gen["pred"], domain, classes)
+        res["conditional"]["mean_confidence"] = {
+            "value": float(gen["conf"].double().mean()), "real_floor": float(gen["real_conf"].double().mean()),
+            "what": "mean over samples of the domain classifier's largest class probability (whatever the class)"}
     if vae_rows is not None:
         d = spec.channels * spec.resolution ** 2
         elbo = float(vae_rows["elbo"].mean())
@@ -349,6 +356,13 @@ def _metrics(cfg, ckpt, payload, spec, pool, n, ext, domain, ref, ref_path, ref_
             "split": "A (rows the VAE trained on)" if res["same_dataset"] else "A (another dataset than the checkpoint's)",
         }
     return res
+
+
+@torch.no_grad()
+def _predict(domain: features.DomainExtractor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The domain classifier's class and its probability per image."""
+    conf, pred = domain.logits(images).softmax(1).max(1)
+    return pred, conf
 
 
 def _conditional(cfg, A, B, G, labels_a, labels_b, pred, domain, classes) -> dict[str, Any]:
@@ -381,6 +395,8 @@ def format_table(res: dict[str, Any]) -> str:
     if "conditional" in res:
         ca = res["conditional"]["class_accuracy"]
         rows.append(("class accuracy", f"{ca['value']:.4g}", f"{ca['real_floor']:.4g}" if ca["real_floor"] is not None else "-"))
+        mc = res["conditional"]["mean_confidence"]
+        rows.append(("mean confidence", f"{mc['value']:.4g}", f"{mc['real_floor']:.4g}"))
         for cname, row in res["conditional"]["per_class"].items():
             acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3g}"
             rec = "-" if "recall" not in row else f"{row['recall']:.3g}/{row['recall_real_floor']:.3g}"

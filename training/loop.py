@@ -11,9 +11,10 @@ each with its own optimizer and interval (stylegan2-ada's ``phases``):
   VAE  V     every step     (recon, mu, logvar) = V(x, eps) -> Gaussian NLL + beta * KL -> opt_V
 
 Before the EMA generator draws a sample grid or goes into a checkpoint its BatchNorm statistics are
-re-estimated (models.standing_stats). Latents / VAE noise of a step come from a generator seeded with
-(seed, rank, step), so a resumed run draws exactly what the uninterrupted run would have drawn, on every
-rank, independent of any global RNG.
+re-estimated (models.standing_stats); before a checkpoint the VAE's mixture prior is fitted on latents of the
+training data (training/prior.py), so its samples come from where the encoder puts data. Latents / VAE noise
+of a step come from a generator seeded with (seed, rank, step), so a resumed run draws exactly what the
+uninterrupted run would have drawn, on every rank, independent of any global RNG.
 
 Metrics are AVERAGED over each logging interval on each rank and then across ranks (EDM's training_stats):
 one row per interval in metrics.jsonl and TensorBoard, and the same means on rank 0's tqdm progress line.
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training import checkpoint, dist, losses, models, sample, warmstart
+from training import checkpoint, dist, losses, models, prior, sample, warmstart
 from training.config import ModelKind, Precision, Resume, TrainConfig
 from training.data import Batch, LoaderConfig, open_loader, to_model_input
 from training.interrupt import StopRequest, TrainInterrupted
@@ -378,6 +379,32 @@ def _training_loop(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> TrainResu
             models.standing_stats(raw["G_ema"], spec, device, seed=cfg.seed + 2)
 
     @torch.no_grad()
+    def fit_prior() -> None:
+        """VAE: fit its mixture prior on one draw z ~ q(z|x) per row of (rank 0's share of) the training data,
+        at most prior.FIT_ROWS rows, with the current encoder (training/prior.py). Sample grids and the
+        checkpoint then carry it. Its own seeded generator: the run's RNG streams are untouched."""
+        v = raw["V"]
+        was, t0 = v.training, time.perf_counter()
+        v.eval()
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + 3)
+        zs, labs, n = [], [], 0
+        it = loader.epoch(0)
+        try:
+            for b in it:
+                mu, logvar = v.encode(to_model_input(b.images.to(device)).contiguous(memory_format=layout))
+                zs.append(v.reparameterize(mu, logvar, torch.randn(mu.shape, generator=gen, device=device)).float().cpu())
+                labs.append(b.labels if b.labels is not None else torch.full((mu.shape[0],), -1, dtype=torch.long))
+                n += mu.shape[0]
+                if n >= prior.FIT_ROWS:
+                    break
+        finally:
+            it.close()
+            v.train(was)
+        rows = v.prior.fit(torch.cat(zs), torch.cat(labs), seed=cfg.seed)
+        say(f"[train] step {step}: fitted the VAE's prior on {n} latents "
+            f"({sum(1 for r in rows.values() if r)} group(s)) in {time.perf_counter() - t0:.1f}s")
+
+    @torch.no_grad()
     def write_samples() -> None:
         was = {k: n.training for k, n in raw.items()}
         for n in raw.values():
@@ -460,6 +487,8 @@ def _training_loop(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> TrainResu
                 want_ckpt = done or (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0)
                 if want_samples or want_ckpt:
                     prepare_ema()
+                if want_ckpt and not is_gan:
+                    fit_prior()
                 if want_samples:
                     write_samples()
                 if want_ckpt:
@@ -469,6 +498,8 @@ def _training_loop(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> TrainResu
             if signum is not None:  # finish here: rank 0 checkpoints this step (unless it just did), every rank stops
                 if dist.is_main() and not want_ckpt:
                     prepare_ema()
+                    if not is_gan:
+                        fit_prior()
                     final_ckpt = save_checkpoint()
                 dist.barrier()
                 raise TrainInterrupted(signum, step, str(final_ckpt) if dist.is_main() and final_ckpt else None)

@@ -4,7 +4,8 @@ API kept stable for later issues (FID/KID, ELBO evaluation):
 - ``generator(z, labels=None) -> images`` in [-1, 1], shape (B, C, R, R); z is (B, z_dim).
 - ``discriminator(x, labels=None) -> logits`` (B,).
 - ``vae.encode(x) -> (mu, logvar)``, ``vae.decode(z) -> images`` in [-1, 1], ``vae(x) -> (recon, mu, logvar)``,
-  and ``vae.generate(z, labels=None)`` = ``decode(z)`` so a VAE can stand where a generator is expected.
+  and ``vae.generate(z, labels=None)`` = ``decode(prior(z, labels))`` so a VAE can stand where a generator is
+  expected; ``vae.prior`` is the mixture fitted on its training latents (training/prior.py), N(0, I) until fitted.
 
 Architecture (pytorch/examples DCGAN, with choices known to stabilise GAN training):
 - G: z -> 4x4 by a transposed conv, then log2(R/4) stride-2 transposed convs (4x4 kernels) halving the
@@ -33,6 +34,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from schemas.images import TRAINABLE_RESOLUTIONS as SUPPORTED_RESOLUTIONS  # the contract: preprocess refuses others
 from training.config import ModelKind
+from training.prior import MixturePrior
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,7 @@ class ModelSpec:
     channels: int            # C: 1 (grey) or 3 (RGB)
     z_dim: int = 100
     base_channels: int = 64  # ngf/ndf of the DCGAN paper
-    num_classes: int = 0     # used by CDCGAN only
+    num_classes: int = 0     # CDCGAN: label embeddings; VAE: groups of its fitted prior (training/prior.py)
     mbstd_group: int = 0     # D's minibatch-stddev group size (0: no such layer; checkpoints from before it)
 
     def __post_init__(self) -> None:
@@ -176,6 +178,13 @@ class VAE(nn.Module):
         self.to_stats = nn.Linear(ch * 16, 2 * spec.z_dim)  # -> (mu, logvar)
         self.decoder = _up_stack(spec.z_dim, spec)
         self.apply(init_dcgan_weights)
+        self.prior = MixturePrior(spec.z_dim, spec.num_classes)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the fitted prior: theirs is N(0, I), i.e. this one unfitted.
+        for key, value in MixturePrior(self.spec.z_dim, self.spec.num_classes).state_dict().items():
+            state_dict.setdefault(f"{prefix}prior.{key}", value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.to_stats(self.encoder(x).flatten(1)).chunk(2, dim=1)
@@ -195,7 +204,8 @@ class VAE(nn.Module):
         return self.decode(self.reparameterize(mu, logvar, eps)), mu, logvar
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decode(z)
+        """Images from z ~ N(0, I) through the fitted prior (of `labels`' classes when given)."""
+        return self.decode(self.prior(z, labels))
 
 
 @torch.no_grad()

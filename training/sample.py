@@ -81,6 +81,11 @@ def load_sampler(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     return spec, net.to(device).eval(), classes
 
 
+def by_label(net: torch.nn.Module, spec: models.ModelSpec) -> bool:
+    """Whether `net` samples by class: a cdcgan, or a VAE whose prior was fitted per class."""
+    return spec.kind == models.ModelKind.CDCGAN or (isinstance(net, models.VAE) and net.prior.conditional)
+
+
 @torch.no_grad()
 def generate(net: torch.nn.Module, spec: models.ModelSpec, num: int, seed: int, label: int | None = None,
              device: torch.device | str = "cpu", batch: int = 256) -> torch.Tensor:
@@ -88,12 +93,15 @@ def generate(net: torch.nn.Module, spec: models.ModelSpec, num: int, seed: int, 
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(num, spec.z_dim, generator=g)
     labels = None
-    if spec.kind == models.ModelKind.CDCGAN:
-        if label is not None and not 0 <= label < spec.num_classes:
-            raise ValueError(f"label must be in [0, {spec.num_classes - 1}], got {label}")
-        labels = torch.full((num,), label, dtype=torch.long) if label is not None else torch.arange(num) % spec.num_classes
-    elif label is not None:
-        raise ValueError(f"--label needs a class-conditional model (cdcgan); this checkpoint is {spec.kind.value}")
+    if label is not None and not by_label(net, spec):
+        raise ValueError(f"--label needs a class-conditional model (cdcgan, or a VAE whose prior was fitted on a "
+                         f"labelled dataset); this checkpoint is a {spec.kind.value} without one")
+    if label is not None and not 0 <= label < spec.num_classes:
+        raise ValueError(f"label must be in [0, {spec.num_classes - 1}], got {label}")
+    if label is not None:
+        labels = torch.full((num,), label, dtype=torch.long)
+    elif spec.kind == models.ModelKind.CDCGAN:
+        labels = torch.arange(num) % spec.num_classes
     fn = net.generate if isinstance(net, models.VAE) else net
     out = []
     for i in range(0, num, batch):

@@ -45,8 +45,10 @@ def warm_start(nets: dict[str, nn.Module], ck: dict[str, Any], classes: list[str
     for name, net in nets.items():
         if name not in ck["models"]:
             raise WarmStartError(f"the warm-start checkpoint has no {name!r} network (it has {sorted(ck['models'])})")
-        state = net.state_dict()
-        old_state = ck["models"][name]
+        # A VAE's fitted prior belongs to the data it was fitted on: it starts unfitted and is fitted again on the
+        # new data before the run's first checkpoint (training/prior.py).
+        state = {k: v for k, v in net.state_dict().items() if not k.startswith("prior.")}
+        old_state = {k: v for k, v in ck["models"][name].items() if not k.startswith("prior.")}
         if set(old_state) != set(state):
             raise WarmStartError(f"{name}: the checkpoint's parameters differ from this model's "
                                  f"(only there: {sorted(set(old_state) - set(state))[:3]}, only here: {sorted(set(state) - set(old_state))[:3]})")
@@ -61,6 +63,6 @@ def warm_start(nets: dict[str, nn.Module], ck: dict[str, Any], classes: list[str
             else:
                 raise WarmStartError(f"{name}.{key}: checkpoint shape {tuple(old.shape)}, this model {tuple(new.shape)} "
                                      "(a different architecture: use the same model settings)")
-        net.load_state_dict(merged)
+        net.load_state_dict(merged)  # a VAE fills its missing prior.* keys with an unfitted prior (models.VAE)
     return {"from_classes": len(old_classes), "to_classes": len(classes),
             "new_classes": [c for c in classes if c not in old_classes], "grown": grown}

@@ -25,6 +25,7 @@ def test_demo_runs_end_to_end(tmp_path, spark):
     assert [Path(r).name for r in reports] == ["report.html"] * 3 and all(Path(r).stat().st_size > 10_000 for r in reports)
     assert "current v0001" in summary["registry"]
     assert "class accuracy" in summary["cdcgan"] and "nats" in summary["vae"]
+    assert "FID" in summary["vae"] and "confidence" in summary["vae"]  # both models' numbers
     # the cdcgan trained under horovodrun with two ranks
     assert json.loads((Path(summary["run"]) / "config.json").read_text())["batch_size"] == 8
     from training import checkpoint
@@ -32,3 +33,4 @@ def test_demo_runs_end_to_end(tmp_path, spark):
     assert checkpoint.load(summary["checkpoint"])["world_size"] == 2
     grid = Image.open(summary["samples"])  # one grid, a column per class: 10 columns x 8 rows of 32 px, 2 px padding
     assert grid.size == (10 * 34 + 2, 8 * 34 + 2)
+    assert Image.open(summary["samples_vae"]).size == grid.size  # the VAE's grid beside it

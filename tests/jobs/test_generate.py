@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def runs(tiny_dataset: Path, tmp_path_factory) -> dict[str, Path]:
     out = {}
-    for model in ("cdcgan", "vae"):
+    for model in ("cdcgan", "vae", "dcgan"):
         run = tmp_path_factory.mktemp(model)
         train(TrainConfig(data=str(tiny_dataset), run_dir=str(run), model=model, steps=2, batch_size=8, base_channels=8,
                           z_dim=16, num_samples=4, sample_every=0, backend="single"))
@@ -49,8 +49,12 @@ def test_grid_and_label(runs: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_errors(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
-    assert main(["--checkpoint", str(runs["vae"]), "--num", "2", "--label", "1", "--out", str(tmp_path / "x")]) == 1
-    assert "cdcgan" in capsys.readouterr().err
+    assert main(["--checkpoint", str(runs["dcgan"]), "--num", "2", "--label", "1", "--out", str(tmp_path / "x")]) == 1
+    assert "needs a class-conditional model" in capsys.readouterr().err
+    assert main(["--checkpoint", str(runs["vae"]), "--num", "2", "--label", "1", "--out", str(tmp_path / "v")]) == 0  # prior per class
+    assert len(list((tmp_path / "v").glob("*.png"))) == 2
+    assert main(["--checkpoint", str(runs["vae"]), "--num", "2", "--label", "10", "--out", str(tmp_path / "x")]) == 1
+    assert "nor an index below 10" in capsys.readouterr().err
     assert main(["--checkpoint", str(runs["cdcgan"]), "--num", "2", "--label", "10", "--out", str(tmp_path / "x")]) == 1
     assert "nor an index below 10" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path), "--num", "2", "--out", str(tmp_path / "x")]) == 1
