@@ -449,7 +449,7 @@ def main(argv: list[str]) -> int:
     from pipelines.lock import LockedError
 
     try:
-        run_nightly(cfg, preprocess, train)
+        state = run_nightly(cfg, preprocess, train)
     except LockedError as e:
         print(f"imagegen nightly: {e}", file=sys.stderr)
         return 3
@@ -460,7 +460,27 @@ def main(argv: list[str]) -> int:
         print(f"imagegen nightly: {cfg.night}: {e}; the promoted model is unchanged ({current or 'none'}); "
               f"rerun the same command to resume at {e.step!r}", file=sys.stderr)
         return 1
+    _say_made_where_next(cfg, state)
     return 0
+
+
+def _say_made_where_next(cfg: NightlyConfig, state: dict[str, Any]) -> None:
+    """The last lines of every job (preprocess and train end the same way): what was made, where it is, what next."""
+    import shlex
+
+    night = _Night(cfg, {}, {}, print)
+    promote, train = state["steps"].get("promote") or {}, state["steps"].get("train") or {}
+    made = f"night {cfg.night} {state.get('status')}"
+    if promote.get("version"):
+        made += f": {promote['version']} {'promoted' if promote.get('promoted') else 'registered, not promoted'}"
+    elif (promote or train).get("reason"):
+        made += f": {(promote or train)['reason']}"
+    root = shlex.quote(cfg.root)
+    print(f"made: {made}; current model {state.get('current') or 'none'}", flush=True)
+    print(f"where: {night.dir} (summary.txt, record.json); dataset {night.dataset}; registry {night.root / 'registry'}", flush=True)
+    print(f"next: imagegen models list --root {root}" +
+          (f"   (or: imagegen report {shlex.quote(str(Path(train['checkpoint']).parents[1]))})" if train.get("checkpoint") else ""),
+          flush=True)
 
 
 if __name__ == "__main__":

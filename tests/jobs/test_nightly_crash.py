@@ -57,6 +57,10 @@ def test_nightly_killed_at_each_step_in_turn_then_rerun_completes(tmp_path):
     assert [v["version"] for v in Registry.at(root).versions()] == ["v0001"]  # registered once, before the last kill
     final = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert final.returncode == 0, final.stderr[-2000:]
+    made, where, nxt = final.stdout.strip().splitlines()[-3:]  # the night ends like preprocess and train do
+    assert made == "made: night 2026-02-01 done: v0001 promoted; current model v0001"
+    assert where.startswith(f"where: {root / 'runs/nightly/2026-02-01'} (summary.txt, record.json)")
+    assert nxt.startswith(f"next: imagegen models list --root {root}")
     state = json.loads((root / "runs/nightly/2026-02-01/state.json").read_text())
     assert state["status"] == "done" and state["steps"]["promote"]["version"] == "v0001"
     assert [v["version"] for v in Registry.at(root).versions()] == ["v0001"] and Registry.at(root).current() == "v0001"
