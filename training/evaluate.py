@@ -4,7 +4,8 @@ Sets (all from one seeded pool of real rows, training.features.read_pool; n = mi
   A = pool[0:n]    the real reference the samples are compared with
   B = pool[n:2n]   a disjoint real sample of the same size: metric(A, B) is the real-data floor of each metric
   G = n samples    latents z = randn(n, z_dim) from a CPU generator seeded with `seed`; a class-conditional
-                   model (cdcgan, or a VAE whose prior was fitted per class) is asked for A's labels (the data's class proportions, and per class as many samples as A has)
+                   model (cdcgan, or a VAE whose prior was fitted per class) is asked for A's labels (the data's
+                   class proportions, and per class as many samples as A has)
 Metrics, in one feature space (training.features): FID and KID (torchmetrics), precision / recall
 (Kynkaenniemi et al. 2019) and coverage (Naeem et al. 2020) with k-NN radii (scikit-learn); class-conditional: accuracy of
 the requested label by the domain classifier, overall and per class, and per-class recall / coverage; VAE: ELBO in

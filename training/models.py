@@ -35,6 +35,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from schemas.images import TRAINABLE_RESOLUTIONS as SUPPORTED_RESOLUTIONS  # the contract: preprocess refuses others
 from training.config import ModelKind
 from training.prior import MixturePrior
+from training.prior import map_labels as _map_labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +59,6 @@ class ModelSpec:
     @property
     def n_up(self) -> int:
         return int(math.log2(self.resolution // 4))
-
-
-def _map_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """label_index -> embedding row; -1 (no label) -> num_classes."""
-    if labels.numel() and (int(labels.max()) >= num_classes or int(labels.min()) < -1):
-        raise ValueError(f"labels must be in [-1, {num_classes - 1}], got [{int(labels.min())}, {int(labels.max())}]")
-    return torch.where(labels < 0, torch.full_like(labels, num_classes), labels)
 
 
 def _mbstd_group(n: int, group: int) -> int:

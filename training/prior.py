@@ -30,6 +30,13 @@ REG_COVAR = 1e-4               # added to each covariance's diagonal (latents ha
 FIT_ROWS = 20_000              # at most this many training rows are encoded for a fit
 
 
+def map_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """label_index -> row of a per-class table; -1 (no label) -> num_classes (the "unlabelled" row)."""
+    if labels.numel() and (int(labels.max()) >= num_classes or int(labels.min()) < -1):
+        raise ValueError(f"labels must be in [-1, {num_classes - 1}], got [{int(labels.min())}, {int(labels.max())}]")
+    return torch.where(labels < 0, torch.full_like(labels, num_classes), labels)
+
+
 def groups_for(num_classes: int) -> int:
     """Groups of a VAE over a dataset with `num_classes` classes: one per class plus "unlabelled", or one."""
     return num_classes + 1 if num_classes else 1
@@ -51,15 +58,11 @@ class MixturePrior(nn.Module):
 
     def group_of(self, labels: torch.Tensor) -> torch.Tensor:
         """label_index (-1 = unlabelled) -> group."""
-        if not self.num_classes:
-            return torch.zeros_like(labels)
-        if labels.numel() and (int(labels.max()) >= self.num_classes or int(labels.min()) < -1):
-            raise ValueError(f"labels must be in [-1, {self.num_classes - 1}], got [{int(labels.min())}, {int(labels.max())}]")
-        return torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
+        return map_labels(labels, self.num_classes) if self.num_classes else torch.zeros_like(labels)
 
     @property
     def conditional(self) -> bool:
-        """Fitted on more than one class: samples can be asked for by label."""
+        """Fitted on labelled latents: samples can be asked for by label."""
         if not bool(self.fitted) or not self.num_classes:
             return False
         return bool((torch.isfinite(self.log_weights) & (self.group < self.num_classes)).any())
@@ -75,7 +78,7 @@ class MixturePrior(nn.Module):
             raise ValueError(f"need latents of shape (N, {self.z_dim}) with N >= 1, got {tuple(latents.shape)}")
         if not np.isfinite(z).all():
             raise ValueError("latents hold NaN or inf: the encoder diverged; no prior fitted")
-        groups = self.group_of(labels.cpu()) if labels is not None else torch.full((len(z),), self.groups - 1 if self.num_classes else 0)
+        groups = self.group_of(labels.cpu()) if labels is not None else torch.full((len(z),), self.groups - 1)
         groups = groups.numpy()
         k = self.log_weights.numel()
         log_w = np.full(k, -np.inf)
