@@ -89,12 +89,19 @@ class MixturePrior(nn.Module):
             rows[g] = len(zg)
             if not len(zg):
                 continue
-            n = max(1, min(self.per_group, len(zg) // (self.z_dim + 1)))  # enough rows per full covariance
-            gmm = GaussianMixture(n, covariance_type="full", reg_covar=REG_COVAR, random_state=seed, max_iter=200).fit(zg)
-            sl = slice(g * self.per_group, g * self.per_group + n)
-            log_w[sl] = np.log(gmm.weights_ * len(zg) / len(z))
-            means[sl] = gmm.means_
-            trils[sl] = np.linalg.cholesky(gmm.covariances_)
+            if len(zg) < 2:  # too few rows for a mixture: one Gaussian at its row, with the pooled spread
+                weights, group_means = np.ones(1), zg[:1]
+                pooled = np.cov(z, rowvar=False) if len(z) > 1 else np.eye(self.z_dim)
+                covs = (np.atleast_2d(pooled) + REG_COVAR * np.eye(self.z_dim))[None]
+            else:
+                n = max(1, min(self.per_group, len(zg) // (self.z_dim + 1)))  # enough rows per full covariance
+                gmm = GaussianMixture(n, covariance_type="full", reg_covar=REG_COVAR, random_state=seed,
+                                      max_iter=200).fit(zg)
+                weights, group_means, covs = gmm.weights_, gmm.means_, gmm.covariances_
+            sl = slice(g * self.per_group, g * self.per_group + len(weights))
+            log_w[sl] = np.log(weights * len(zg) / len(z))
+            means[sl] = group_means
+            trils[sl] = np.linalg.cholesky(covs)
         self.log_weights.copy_(torch.from_numpy(log_w))
         self.means.copy_(torch.from_numpy(means))
         self.scale_tril.copy_(torch.from_numpy(trils))

@@ -45,6 +45,20 @@ def test_samples_follow_the_fitted_mixture_weights_means_and_covariances() -> No
         p(torch.randn(4, 3), torch.full((4,), -1))  # the unlabelled group had no rows
 
 
+def test_a_class_with_a_single_row_gets_one_component_at_that_row() -> None:
+    """A shard with one example of a class (a rank's slice of a tiny dataset) must not stop the checkpoint."""
+    gen = torch.Generator().manual_seed(1)
+    z = torch.cat([torch.randn(200, 4, generator=gen), torch.full((1, 4), 7.0)])
+    labels = torch.cat([torch.zeros(200, dtype=torch.long), torch.ones(1, dtype=torch.long)])
+    p = prior.MixturePrior(4, num_classes=2)
+    assert p.fit(z, labels, seed=0) == {0: 200, 1: 1, 2: 0}
+    draws = p(torch.randn(4000, 4, generator=gen), torch.ones(4000, dtype=torch.long))
+    assert torch.allclose(draws.double().mean(0), torch.full((4,), 7.0, dtype=torch.double), atol=0.1)
+    alone = prior.MixturePrior(4, num_classes=0)
+    alone.fit(torch.full((1, 4), 2.0), None, seed=0)
+    assert torch.allclose(alone(torch.zeros(3, 4)), torch.full((3, 4), 2.0), atol=1e-4)
+
+
 def test_an_unfitted_prior_is_the_standard_normal_and_old_checkpoints_load_as_unfitted() -> None:
     spec = models.ModelSpec(kind=ModelKind.VAE, resolution=32, channels=1, z_dim=4, base_channels=8, num_classes=0)
     vae = models.VAE(spec)
