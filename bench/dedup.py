@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines import dedup
+from pipelines.dedup import candidates, keep, verify
 
 CENTRES = 4096         # cluster centres, the same at every N (seed CENTRE_SEED)
 CENTRE_SEED = 12345
@@ -134,29 +135,29 @@ def main(argv: list[str] | None = None) -> int:
         del frame
         t0 = time.perf_counter()
         if args.method == "lsh":
-            edges = dedup.lsh_pairs(df.select("id", "phash"), args.distance, groups=cfg.lsh_groups, subtables=cfg.lsh_subtables,
+            edges = candidates.lsh_pairs(df.select("id", "phash"), args.distance, groups=cfg.lsh_groups, subtables=cfg.lsh_subtables,
                                     window=cfg.lsh_window, max_group_rows=cfg.lsh_max_group_rows,
                                     exact_rows=cfg.lsh_exact_rows, seed=cfg.lsh_seed)
         else:
-            m, r = dedup.choose_bands(n, n, args.distance)
-            edges = dedup.candidate_pairs(df.select("id", "phash"), args.distance, m, r, cfg.hot_bucket_cap, cfg.broadcast_max_rows)
+            m, r = candidates.choose_bands(n, n, args.distance)
+            edges = candidates.candidate_pairs(df.select("id", "phash"), args.distance, m, r, cfg.hot_bucket_cap, cfg.broadcast_max_rows)
         edges = searched = edges.localCheckpoint(eager=True)
         t1 = time.perf_counter()
         if args.verify:
-            edges = dedup.verify(edges, df, cfg.min_similarity).localCheckpoint(eager=True)
+            edges = verify.verify(edges, df, cfg.min_similarity).localCheckpoint(eager=True)
         tv = time.perf_counter()
-        decisions = dedup.greedy_mis(df.select("id"), edges, cfg.max_rounds, cfg.fallback_max_edges, cfg.driver_max_edges)
+        decisions = keep.greedy_mis(df.select("id"), edges, cfg.max_rounds, cfg.fallback_max_edges, cfg.driver_max_edges)
         kept = decisions.filter("kept").count()
         t2 = time.perf_counter()
         # Untimed: what the search examined and what it found, against the truth.
         if args.method == "lsh":
-            key_bits = dedup.group_key_bits(n, cfg.lsh_max_group_rows) if n > cfg.lsh_exact_rows else 0
-            sizes = [r["count"] for r in dedup.lsh_groups(df.select("id", "phash"), cfg.lsh_groups, key_bits, cfg.lsh_seed)
+            key_bits = candidates.group_key_bits(n, cfg.lsh_max_group_rows) if n > cfg.lsh_exact_rows else 0
+            sizes = [r["count"] for r in candidates.lsh_groups(df.select("id", "phash"), cfg.lsh_groups, key_bits, cfg.lsh_seed)
                      .groupBy("g", "key").count().collect()]
-            comparisons = dedup.lsh_comparisons(sizes, cfg.lsh_subtables, cfg.lsh_window, cfg.lsh_exact_rows)
+            comparisons = candidates.lsh_comparisons(sizes, cfg.lsh_subtables, cfg.lsh_window, cfg.lsh_exact_rows)
             shape = f"G={cfg.lsh_groups} T={cfg.lsh_subtables} W={cfg.lsh_window} key bits {key_bits}, largest group {max(sizes):,}"
         else:
-            comparisons = dedup.band_join(df.select("id", "phash"), args.distance, m, r, cfg.hot_bucket_cap, cfg.broadcast_max_rows).count()
+            comparisons = candidates.band_join(df.select("id", "phash"), args.distance, m, r, cfg.hot_bucket_cap, cfg.broadcast_max_rows).count()
             shape = f"MIH m={m} r={r}"
         # Recall is the search's: the edges before the pixel test.
         found = np.array([(r.src, r.dst, r.distance) for r in searched.collect()], dtype=np.int64).reshape(-1, 3)

@@ -12,7 +12,7 @@ Prints images/s per core for each, and the ratios c/a and c/b. (c) runs twice, w
 the CPU per image split into Python workers, JVM and driver.
 Goal (issue 2/8): c >= 0.6 * a per core.
 
-    .venv/bin/python bench/preprocess.py --fixed-cost 1000 3000 10000
+    .venv/bin/python bench/preprocess.py --fixed-cost 1000 3000 10000 --img2dataset ~/.cache/imagegen/i2d-venv/bin/img2dataset
 
 Fixed cost per job (issue 5/9): the whole `imagegen preprocess` command, cold, as a user runs it (JVM and Spark
 start-up, listing, decode, dedup, writes, commit), timed at each N on the first N of one generated set; a line
@@ -23,6 +23,9 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
+import socket
+import subprocess
 import shutil
 import sys
 import tempfile
@@ -126,28 +129,91 @@ def bare_loop(paths: list[Path], cfg: PreprocessConfig, batch: int = 32) -> tupl
     return rate
 
 
-def fixed_cost(paths: list[Path], sizes: list[int], resolution: int, master: str, work: Path) -> int:
-    """Wall seconds of the cold CLI at each N (dedup on, the defaults), and the fitted line."""
-    import subprocess
+def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """(intercept s, marginal img/s) of a line through (N, wall s)."""
+    slope, intercept = np.polyfit(np.array([p[0] for p in points], float), np.array([p[1] for p in points], float), 1)
+    return float(intercept), float(1 / slope)
 
+
+def _serve(root: Path) -> tuple[subprocess.Popen, int]:
+    """`python -m http.server` on a free loopback port, serving `root` (the peer fetches over HTTP, as its users do)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    srv = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return srv, port
+        except OSError:
+            time.sleep(0.1)
+    srv.kill()
+    raise SystemExit("http.server did not start")
+
+
+def img2dataset_run(exe: Path, paths: list[Path], port: int, resolution: int, work: Path) -> float:
+    """Wall seconds of `img2dataset` fetching `paths` from the loopback server: 2 processes x 16 threads,
+    center-cropped to `resolution`, written as files; fails unless every image was fetched."""
+    urls, out = work / f"i2d_urls_{len(paths)}.txt", work / f"i2d_out_{len(paths)}"
+    shutil.rmtree(out, ignore_errors=True)
+    urls.write_text("".join(f"http://127.0.0.1:{port}/{p.name}\n" for p in paths))
+    t0 = time.perf_counter()
+    subprocess.run([str(exe), "--url_list", str(urls), "--input_format", "txt", "--output_folder", str(out),
+                    "--output_format", "files", "--image_size", str(resolution), "--resize_mode", "center_crop",
+                    "--processes_count", "2", "--thread_count", "16", "--number_sample_per_shard", "10000"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})  # no update check over the network
+    wall = time.perf_counter() - t0
+    got = sum(1 for _ in out.rglob("*.jpg"))
+    if got != len(paths):
+        raise SystemExit(f"img2dataset wrote {got} of {len(paths)} images")
+    return wall
+
+
+def fixed_cost(paths: list[Path], sizes: list[int], resolution: int, master: str, work: Path,
+               img2dataset: Path | None) -> int:
+    """Wall seconds of the cold CLI at each N (dedup on, the defaults), the fitted line, and (with `img2dataset`,
+    its executable in its own venv) the peer on the same files in the same sitting, each N run back to back."""
     cli = Path(sys.executable).parent / "imagegen"
-    points = []
-    for n in sorted(sizes):
-        src, out = work / f"fc_src_{n}", work / f"fc_out_{n}"
-        shutil.rmtree(src, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
-        src.mkdir()
-        for p in paths[:n]:
-            os.link(p, src / p.name)  # same bytes, no copy
-        t0 = time.perf_counter()
-        subprocess.run([str(cli), "preprocess", str(src), "--output", str(out), "--resolution", str(resolution), "--master", master],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        points.append((n, time.perf_counter() - t0))
-        print(f"  N={n:>6}: {points[-1][1]:6.1f} s wall, {n / points[-1][1]:6.0f} img/s", flush=True)
-    ns, ts = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
-    slope, intercept = np.polyfit(ns, ts, 1)
-    print(f"fixed cost (intercept of time vs N over {[int(n) for n in ns]}): {intercept:.1f} s; marginal {1 / slope:.0f} img/s "
-          f"({1 / slope / os.cpu_count():.0f} per core); goal: intercept <= 8 s with dedup on; load average {os.getloadavg()[0]:.1f}")
+    ours, peer, spark_up = [], [], []
+    srv, port = _serve(paths[0].parent) if img2dataset else (None, 0)
+    try:
+        for n in sorted(sizes):
+            src, out = work / f"fc_src_{n}", work / f"fc_out_{n}"
+            shutil.rmtree(src, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+            src.mkdir()
+            for p in paths[:n]:
+                os.link(p, src / p.name)  # same bytes, no copy
+            t0 = time.perf_counter()
+            proc = subprocess.run([str(cli), "preprocess", str(src), "--output", str(out), "--resolution", str(resolution),
+                                   "--master", master], check=True, capture_output=True, text=True)
+            ours.append((n, time.perf_counter() - t0))
+            up = re.search(r"Spark \S+ up in ([0-9.]+)s", proc.stdout)
+            spark_up.append(float(up.group(1)) if up else float("nan"))
+            stages = re.search(r"timings: (.*)", proc.stdout)
+            line = f"  N={n:>6}: imagegen {ours[-1][1]:6.1f} s ({n / ours[-1][1]:5.0f} img/s; Spark start {spark_up[-1]:.1f} s; " \
+                   f"{stages.group(1) if stages else ''})"
+            if img2dataset:
+                peer.append((n, img2dataset_run(img2dataset, paths[:n], port, resolution, work)))
+                line += f"\n  {'':8}  img2dataset {peer[-1][1]:6.1f} s ({n / peer[-1][1]:5.0f} img/s)"
+            print(line, flush=True)
+    finally:
+        if srv is not None:
+            srv.kill()
+    intercept, marginal = _fit(ours)
+    print(f"fixed cost (intercept of time vs N over {sorted(sizes)}): imagegen {intercept:.1f} s, of which Spark's start "
+          f"{np.nanmedian(spark_up):.1f} s (median); marginal {marginal:.0f} img/s ({marginal / os.cpu_count():.0f} per core); "
+          f"goal: intercept <= 8 s with dedup on; load average {os.getloadavg()[0]:.1f}")
+    if peer:
+        p_intercept, p_marginal = _fit(peer)
+        print(f"img2dataset: intercept {p_intercept:.1f} s, marginal {p_marginal:.0f} img/s; "
+              f"ratio imagegen/img2dataset: intercept {intercept / p_intercept:.2f}, marginal rate {marginal / p_marginal:.2f}")
+        at = {n: (o, q) for (n, o), (_, q) in zip(ours, peer)}
+        for n, (o, q) in sorted(at.items()):
+            print(f"  whole run at {n}: imagegen {n / o:.0f} img/s, img2dataset {n / q:.0f} img/s, ratio {q / o:.2f} "
+                  f"(goal at 3,000: >= 1)")
     return 0
 
 
@@ -166,6 +232,9 @@ def main() -> int:
     ap.add_argument("--partitions", type=int, default=None, help="PreprocessConfig.partitions (default: 3 x cores)")
     ap.add_argument("--fixed-cost", type=int, nargs="+", metavar="N",
                     help="time the cold `imagegen preprocess` command at each N and fit intercept + marginal rate")
+    ap.add_argument("--img2dataset", default=None, metavar="EXE",
+                    help="with --fixed-cost: the peer's executable, in its own venv (`python -m venv V && V/bin/pip install "
+                         "img2dataset`), run on the same files over loopback HTTP after each of our runs")
     args = ap.parse_args()
     if args.fixed_cost:
         args.n = max(args.n, *args.fixed_cost)
@@ -186,7 +255,8 @@ def main() -> int:
         for p in paths:  # warm the page cache so every contender reads from memory
             p.read_bytes()
         if args.fixed_cost:
-            return fixed_cost(paths, args.fixed_cost, args.resolution, args.master, work)
+            return fixed_cost(paths, args.fixed_cost, args.resolution, args.master, work,
+                              Path(args.img2dataset) if args.img2dataset else None)
         a = decode_ceiling(paths, max(2 * args.resolution, 32))  # the job decodes JPEGs to >= 2x the target
         b = bare_loop(paths, cfg)
 

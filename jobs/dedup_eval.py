@@ -12,7 +12,6 @@ images named in the truth file are scored (others are counted and reported). Tun
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 if __name__ == "__main__" and __package__ in (None, ""):
@@ -169,7 +170,11 @@ def _run(args: argparse.Namespace, cfg: PreprocessConfig) -> int:
     from pyspark.sql import SparkSession
 
     shared = SparkSession.getActiveSession()  # a caller's session (tests, notebooks) is left running
+    t0 = time.monotonic()
     spark = get_spark(master, app_name="imagegen-preprocess")
+    if shared is None:  # Spark's own start, apart from the job's stage timings (docs/benchmarks.md)
+        print(f"imagegen preprocess: Spark {spark.version} up in {time.monotonic() - t0:.1f}s "
+              f"(master {spark.sparkContext.master})", flush=True)
     interrupt.install(spark)  # again: PySpark's context replaced our SIGINT handler with its own
     try:
         interrupt.enter("start-up")

@@ -54,12 +54,12 @@ class PreprocessConfig:
     arrow_batch_rows: int = 32                # rows per Arrow batch into the decode stage
     arrow_batch_bytes: int = 256 * 1024 * 1024  # and at most this many bytes per batch (far below Arrow's 2 GB)
     partitions: int | None = None             # decode-stage partitions; None: 3 x the cores Spark has
-    # Local (file:) inputs: our listing (pipelines/sources.py) hands the decode stage their URIs and it reads
+    # Local (file:) inputs: our listing (pipelines/sources/local.py) hands the decode stage their URIs and it reads
     # the bytes itself, instead of binaryFile carrying them JVM -> Arrow -> Python (that copy cost the JVM
     # ~1 ms of CPU per image). Off: the listing step reads the bytes into `content` (a separate Python pass).
     # Other schemes (hdfs:, s3a:) always go through binaryFile, i.e. Hadoop's filesystems.
     read_local_in_worker: bool = True
-    dedup: bool = True                        # drop exact and near duplicates (pipelines/dedup.py); off: keep every valid image
+    dedup: bool = True                        # drop exact and near duplicates (pipelines/dedup/); off: keep every valid image
     near_dup_distance: int = 8                # pHash Hamming distance D for near duplicates; 0 = exact only (docs/dedup.md)
     # A candidate pair (pHash within near_dup_distance) is a near duplicate only when the pixel similarity of
     # the stored normalised images (pipelines/similarity.py) is at least this; measured in docs/dedup.md.

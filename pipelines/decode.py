@@ -43,6 +43,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.config import FitMode, PreprocessConfig
 from pipelines.labels import LabelResolver
+from pipelines.source_rows import SOURCE_REASONS
 from pipelines.phash import SMALL, canonical_gray, phash_batch
 from schemas.images import IMAGES_ARROW, RejectReason
 from schemas.pixels import PixelEncoding, decode_pixels, encode_pixels
@@ -76,20 +77,6 @@ STAGED_ARROW = pa.schema(
         pa.field("sum_l", pa.int64(), nullable=True),
         pa.field("sumsq_l", pa.int64(), nullable=True),
         pa.field("is_grey", pa.bool_(), nullable=True),      # R == G == B at every normalised pixel (--channels auto)
-    ]
-)
-
-# The source rows the decode stage reads (pipelines/sources.py builds them).
-SOURCE_ARROW = pa.schema(
-    [
-        pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("rel_path", pa.string(), nullable=True),      # path below the input root (labels)
-        pa.field("content", pa.binary(), nullable=True),       # null when the bytes could not be read
-        pa.field("length", pa.int64(), nullable=True),
-        pa.field("source_error", pa.string(), nullable=True),  # why the bytes could not be read
-        # A local file: URI whose bytes the decode stage reads itself (content is null then): the JVM only
-        # lists the file, so the bytes cross no JVM -> Arrow -> Python copy (see PreprocessConfig.read_local_in_worker).
-        pa.field("read_uri", pa.string(), nullable=True),
     ]
 )
 
@@ -336,18 +323,9 @@ def reduce_to_grey(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
         yield pa.RecordBatch.from_pydict(cols, schema=batch.schema)
 
 
-def source_error(reason: RejectReason, detail: str) -> str:
-    """A source row's source_error naming a reject reason other than read_error ("<reason>: <detail>"):
-    sources.py refuses some inputs without reading them (a tar member above max_file_bytes or with an unsafe path)."""
-    return f"{reason.value}: {detail}"
-
-
-_SOURCE_REASONS = {RejectReason.TOO_LARGE.value, RejectReason.UNSAFE_PATH.value}
-
-
 def _source_reject(uri: str, error: str) -> Reject:
     reason, sep, detail = error.partition(": ")
-    if sep and reason in _SOURCE_REASONS:
+    if sep and reason in SOURCE_REASONS:
         return Reject(uri, RejectReason(reason), detail)
     return Reject(uri, RejectReason.READ_ERROR, error)
 

@@ -38,6 +38,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.config import LabelMode
+from pipelines.source_rows import open_stream
 from schemas.uri import has_scheme, is_local, path_to_uri, uri_to_path
 
 _PATH_COLUMNS = ("path", "file", "filename", "uri", "source_uri")
@@ -225,15 +226,11 @@ def key_outside(key: str, roots: tuple[str, ...]) -> bool:
 def _parse_task(batches: Iterator[pa.RecordBatch], name: str, roots: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: the one sidecar URI in, SIDECAR_ARROW rows out in bounded batches. A broken file ends
     with one row holding the error (tasks return data; an exception would reach the user as a trace)."""
-    from pipelines.sources import (
-        _open_stream,  # lazy: sources imports decode, which imports this module
-    )
-
     for batch in batches:
         for uri in batch.column("uri").to_pylist():
             rows: list[dict[str, Any]] = []
             try:
-                with _open_stream(uri) as raw:
+                with open_stream(uri) as raw:
                     for line, key, label in sidecar_entries(_lines(raw), name):
                         outside = key_outside(key, roots)
                         rows.append({"key": key, "label": label, "line": line,

@@ -1,15 +1,17 @@
 """The preprocessing job as one function: `run_preprocess(spark, inputs, out, cfg)`.
 
 Its stages are named functions, called in this order by `_run`:
-  list_inputs         classify inputs, label resolver, every input kind -> one DataFrame (pipelines/sources.py)
+  list_inputs         classify inputs, label resolver, every input kind -> one DataFrame (pipelines/sources/)
   skip_seen           --incremental: drop inputs an earlier run has seen (by source_uri); nothing new -> no write
   decode              mapInArrow over Arrow batches -> ONE staged table with kind = image | reject, written
-                      once to OUT/_staging/<run>/decoded (nothing is decoded twice)
+                      once to OUT/_staging/<run>/decoded (nothing is decoded twice), then counted by one
+                      aggregation (rows per kind and reason, the fingerprint's key sum) that the checks reuse
   check_outcome       no silent failure: every input rejected -> fail naming the top reason and its flag
-  dedup               (kept, duplicates) = deduplicate(images, earlier runs' images)   (pipelines/dedup.py)
+  dedup               (kept, duplicates) = deduplicate(images, earlier runs' images)   (pipelines/dedup/)
   compute_stats       classes, label counts, stored channels, channel sums (Spark aggregates, no pixel re-read)
   write_tables        images/ (with label_index), rejects/ (and duplicates/) under the staging directory
-  check_conservation  inputs == written + rejected + duplicates, from the written data; mismatch fails
+  check_conservation  inputs == written + rejected + duplicates, from the written files (local: their Parquet
+                      footers, read on the driver; other schemes: one Spark job per table); mismatch fails
   commit              move the run's partitions into OUT; run_preprocess then replaces manifest.json atomically,
                       listing every data file with its row count (schemas/layout.py): the commit point
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
 import functools
 import hashlib
 import importlib.metadata
@@ -36,9 +39,11 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -47,7 +52,7 @@ from pipelines import interrupt
 from pipelines.config import ChannelMode, LabelMode, PreprocessConfig
 from pipelines.dedup import DedupConfig, deduplicate
 from pipelines.decode import KIND_IMAGE, KIND_REJECT, STAGED_ARROW, decode_partition, reduce_to_grey
-from pipelines.fs import FileSystem
+from pipelines.fs import FileSystem, os_path
 from pipelines.lock import dataset_lock
 from pipelines.labels import LabelResolver, Sidecar
 from pipelines.sources import InputSpec, classify, load_sources
@@ -138,7 +143,7 @@ def software_versions() -> dict[str, str]:
 class Progress:
     """What the user sees while a job runs: the stage, and during decode images counted, images/s and an ETA.
 
-    Decoded images are counted by a Spark accumulator the decode tasks add to (it reaches the driver as each task
+    Staged images are counted by a Spark accumulator the decode tasks add to (it reaches the driver as each task
     ends, so the count moves task by task). At a terminal the count is a tqdm bar; elsewhere (logs, nightly, CI)
     a plain timestamped line every `interval` seconds. Each stage boundary is also where a Ctrl-C or SIGTERM
     is honoured (pipelines/interrupt.py)."""
@@ -293,11 +298,32 @@ def _non_null(df: DataFrame, arrow_schema) -> DataFrame:
     return df.select(*cols)
 
 
-def input_fingerprint(staged: DataFrame, specs: list[InputSpec]) -> str:
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    """The staged table and what one aggregation over it says: rows per (kind, reject reason) and the
+    order-independent key sum behind the input fingerprint. Every later check reads these, not the table."""
+
+    table: DataFrame
+    rows: int
+    valid: int
+    rejected: dict[str, int]      # reject reason -> rows
+    key_sum: str                  # str(sum of xxhash64(source_uri, sha256 or reject detail)); "None" when no rows
+
+
+def summarise(staged: DataFrame) -> tuple[int, int, dict[str, int], str]:
+    """(rows, valid images, rejects per reason, key sum) of a staged table, in one Spark job."""
+    key = F.xxhash64("source_uri", F.coalesce("sha256", F.concat_ws(":", "reason", "detail"))).cast("decimal(38,0)")
+    groups = staged.groupBy("kind", "reason").agg(F.count(F.lit(1)).alias("n"), F.sum(key).alias("s")).collect()
+    rows = sum(int(r["n"]) for r in groups)
+    valid = sum(int(r["n"]) for r in groups if r["kind"] == KIND_IMAGE)
+    rejected = {r["reason"]: int(r["n"]) for r in groups if r["kind"] == KIND_REJECT}
+    key_sum = str(sum((r["s"] for r in groups), start=decimal.Decimal(0))) if groups else "None"
+    return rows, valid, rejected, key_sum
+
+
+def input_fingerprint(decoded: Staged, specs: list[InputSpec]) -> str:
     """Order-independent digest of (source_uri, sha256 or reject detail) over all inputs, plus the input specs."""
-    key = F.xxhash64("source_uri", F.coalesce("sha256", F.concat_ws(":", "reason", "detail")))
-    row = staged.agg(F.count(F.lit(1)).alias("n"), F.sum(key.cast("decimal(38,0)")).alias("s")).collect()[0]
-    text = json.dumps([[s.uri, s.kind.value] for s in specs] + [row["n"], str(row["s"])])
+    text = json.dumps([[s.uri, s.kind.value] for s in specs] + [decoded.rows, decoded.key_sum])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -557,20 +583,21 @@ def _run(job: _Job, inputs: list[str], timings: dict[str, float], progress: Prog
         if src.count == 0:
             return None
     with _timed(timings, "decode", progress):
-        staged = decode(job, src, progress)
-        check_outcome(job, staged)
+        decoded = decode(job, src, progress)
+        check_outcome(job, decoded)
+    staged = decoded.table
     images = staged.where(F.col("kind") == KIND_IMAGE)
     rejects = staged.where(F.col("kind") == KIND_REJECT)
     kept, duplicates = images, None
     if job.cfg.dedup:
         with _timed(timings, "dedup", progress):
-            kept, duplicates = dedup(job, images, src.partitions)
+            kept, duplicates = dedup(job, images, src.partitions, decoded.valid)
     with _timed(timings, "stats", progress):
-        stats = compute_stats(job, src, staged, kept)
+        stats = compute_stats(job, src, decoded, kept)
     with _timed(timings, "write", progress):
-        write_tables(job, stats, kept, rejects, duplicates)
+        write_tables(job, stats, kept, rejects if sum(decoded.rejected.values()) else None, duplicates)
     with _timed(timings, "verify", progress):
-        counts, files = check_conservation(job, src, staged, stats, with_duplicates=duplicates is not None)
+        counts, files = check_conservation(job, src, decoded, stats, with_duplicates=duplicates is not None)
     _fault_point("staged")
     with _timed(timings, "commit", progress):
         commit(job)
@@ -598,9 +625,9 @@ def skip_seen(job: _Job, src: _Inputs) -> _Inputs:
     return dataclasses.replace(src, sources=sources, count=sources.count())
 
 
-def decode(job: _Job, src: _Inputs, progress: Progress | None = None) -> DataFrame:
+def decode(job: _Job, src: _Inputs, progress: Progress | None = None) -> Staged:
     """Decode every input once (mapInArrow) into ONE staged table of image and reject rows, persisted under
-    staging: every later stage reads it, nothing is decoded twice."""
+    staging: every later stage reads it, nothing is decoded twice; summarised by one aggregation."""
     staged_path = f"{job.staging}/decoded"
     decoded = job.spark.sparkContext.accumulator(0)
     if progress is not None:
@@ -613,7 +640,8 @@ def decode(job: _Job, src: _Inputs, progress: Progress | None = None) -> DataFra
         # compress here and again to decompress in the stages that re-read it: so it is stored uncompressed.
         (src.sources.mapInArrow(fn, from_arrow_schema(STAGED_ARROW)).write.mode("error")
          .option("compression", "none").parquet(staged_path))
-    return job.spark.read.parquet(staged_path)
+    staged = job.spark.read.parquet(staged_path)
+    return Staged(staged, *summarise(staged))
 
 
 def _counted(batches: Iterator[pa.RecordBatch], fn: Callable, counter: Any) -> Iterator[pa.RecordBatch]:
@@ -625,13 +653,11 @@ def _counted(batches: Iterator[pa.RecordBatch], fn: Callable, counter: Any) -> I
     yield from fn(rows(batches))
 
 
-def check_outcome(job: _Job, staged: DataFrame) -> None:
+def check_outcome(job: _Job, decoded: Staged) -> None:
     """No silent failure: a fresh run where every input was rejected fails with the top reason and the flag
     that changes it; a run rejecting more than half of its inputs warns the same way."""
-    rows = staged.groupBy("kind", "reason").count().collect()
-    total = sum(int(r["count"]) for r in rows)
-    valid = sum(int(r["count"]) for r in rows if r["kind"] == KIND_IMAGE)
-    reasons = sorted(((int(r["count"]), r["reason"]) for r in rows if r["kind"] == KIND_REJECT), reverse=True)
+    total, valid = decoded.rows, decoded.valid
+    reasons = sorted(((n, reason) for reason, n in decoded.rejected.items()), reverse=True)
     if not reasons or valid * 2 >= total:
         return
     n, reason = reasons[0]
@@ -658,7 +684,7 @@ def reject_hint(cfg: PreprocessConfig, reason: str) -> str:
     return hints.get(reason, "no setting accepts these files; repair or remove them")
 
 
-def dedup(job: _Job, images: DataFrame, partitions: int) -> tuple[DataFrame, DataFrame]:
+def dedup(job: _Job, images: DataFrame, partitions: int, rows: int) -> tuple[DataFrame, DataFrame]:
     """(kept, duplicates): exact (bytes or pixels) and near (pHash + pixel test) duplicates, within this run
     and against earlier runs' images."""
     cfg = job.cfg
@@ -668,13 +694,13 @@ def dedup(job: _Job, images: DataFrame, partitions: int) -> tuple[DataFrame, Dat
     # Only the dropped rows are used: they are persisted like the decode output, and `kept` is derived
     # from them, because deduplicate's own lazy `kept` would re-run the whole dedup plan on every use
     # (stats, then write) and the two uses must agree.
-    _, dups = deduplicate(job.spark, images, previous, dedup_cfg)
+    _, dups = deduplicate(job.spark, images, previous, dedup_cfg, rows=rows)
     dups.withColumn("run_id", F.lit(job.run_id)).write.mode("error").parquet(f"{job.staging}/dedup_dropped")
     duplicates = job.spark.read.parquet(f"{job.staging}/dedup_dropped")
     return images.join(duplicates.select("source_uri"), "source_uri", "left_anti"), duplicates
 
 
-def compute_stats(job: _Job, src: _Inputs, staged: DataFrame, kept: DataFrame) -> _Stats:
+def compute_stats(job: _Job, src: _Inputs, decoded: Staged, kept: DataFrame) -> _Stats:
     """Classes, label counts, the stored channel count and the channel sums: one aggregation, no pixel re-read."""
     cfg, prior = job.cfg, job.prior
     sums = ["sum_r", "sum_g", "sum_b", "sumsq_r", "sumsq_g", "sumsq_b", "n_pixels", "sum_l", "sumsq_l"]
@@ -695,7 +721,7 @@ def compute_stats(job: _Job, src: _Inputs, staged: DataFrame, kept: DataFrame) -
     channels = _channels(cfg, prior, all_grey, written)
     totals = {c: sum(int(r[c] or 0) for r in by_label) for c in sums}
     return _Stats(classes, label_counts, unlabeled, channels, totals,
-                  _label_report(cfg, src.resolver, kept, staged, unlabeled), input_fingerprint(staged, src.specs))
+                  _label_report(cfg, src.resolver, kept, decoded.table, unlabeled), input_fingerprint(decoded, src.specs))
 
 
 def _channels(cfg: PreprocessConfig, prior: Manifest | None, all_grey: bool, written: int) -> int:
@@ -708,8 +734,9 @@ def _channels(cfg: PreprocessConfig, prior: Manifest | None, all_grey: bool, wri
     return int(cfg.channels.value)
 
 
-def write_tables(job: _Job, stats: _Stats, kept: DataFrame, rejects: DataFrame, duplicates: DataFrame | None) -> None:
-    """images/ (with label_index, in the stored channels), rejects/ and duplicates/ under the staging directory."""
+def write_tables(job: _Job, stats: _Stats, kept: DataFrame, rejects: DataFrame | None, duplicates: DataFrame | None) -> None:
+    """images/ (with label_index, in the stored channels), rejects/ and duplicates/ under the staging directory.
+    rejects is None when the decode stage's counts say there are none: no job scans the staged table for them."""
     staging = job.staging
     index = F.create_map(*[x for i, c in enumerate(stats.classes) for x in (F.lit(c), F.lit(i))]) if stats.classes else None
     labelled = kept.withColumn("label_index", index[F.col("label")] if index is not None else F.lit(None).cast("int"))
@@ -717,7 +744,8 @@ def write_tables(job: _Job, stats: _Stats, kept: DataFrame, rejects: DataFrame, 
     if stats.channels == 1:
         rows = rows.mapInArrow(reduce_to_grey, rows.schema)
     rows.write.partitionBy("run_id").parquet(f"{staging}/images")
-    _non_null(rejects, REJECTS_ARROW).write.partitionBy("run_id").parquet(f"{staging}/rejects")
+    if rejects is not None:
+        _non_null(rejects, REJECTS_ARROW).write.partitionBy("run_id").parquet(f"{staging}/rejects")
     if duplicates is not None:
         _non_null(duplicates, DUPLICATES_ARROW).write.partitionBy("run_id").parquet(f"{staging}/duplicates")
 
@@ -729,23 +757,32 @@ def _file_rows(job: _Job, table: str, schema, by: str | None = None) -> tuple[li
     part = f"run_id={job.run_id}"
     if not job.fs.exists(f"{staged_dir}/{part}"):
         return [], {}
-    df = job.spark.read.schema(schema).parquet(staged_dir)
-    keys = [F.col("_metadata.file_name").alias("file")] + ([F.col(by)] if by else [])
+    names = [e.uri.rstrip("/").rsplit("/", 1)[-1] for e in job.fs.list(f"{staged_dir}/{part}") if not e.is_dir]
+    data = sorted(n for n in names if n.endswith(".parquet") and not n.startswith((".", "_")))
+    local = os_path(f"{staged_dir}/{part}")
     per_file: dict[str, int] = {}
     per_value: dict[str, int] = {}
+    if local is not None:  # the footers' row counts and the one column, read on the driver: no Spark job
+        for name in data:
+            pf = pq.ParquetFile(os.path.join(local, name))
+            per_file[name] = pf.metadata.num_rows
+            if by:
+                for value, n in Counter(pf.read(columns=[by]).column(by).to_pylist()).items():
+                    per_value[value] = per_value.get(value, 0) + n
+        return [{"path": f"{table}/{part}/{n}", "rows": per_file[n]} for n in data], per_value
+    df = job.spark.read.schema(schema).parquet(staged_dir)
+    keys = [F.col("_metadata.file_name").alias("file")] + ([F.col(by)] if by else [])
     for r in df.groupBy(*keys).count().collect():  # O(files x values) rows on the driver, never O(images)
         per_file[r["file"]] = per_file.get(r["file"], 0) + int(r["count"])
         if by:
             per_value[r[by]] = per_value.get(r[by], 0) + int(r["count"])
-    names = [e.uri.rstrip("/").rsplit("/", 1)[-1] for e in job.fs.list(f"{staged_dir}/{part}") if not e.is_dir]
-    data = sorted(n for n in names if n.endswith(".parquet") and not n.startswith((".", "_")))
     unknown = sorted(set(per_file) - set(data))
     if unknown:
         raise ConservationError(f"rows read from {unknown}, which are not Parquet files of {staged_dir}/{part}")
     return [{"path": f"{table}/{part}/{n}", "rows": per_file.get(n, 0)} for n in data], per_value
 
 
-def check_conservation(job: _Job, src: _Inputs, staged: DataFrame, stats: _Stats,
+def check_conservation(job: _Job, src: _Inputs, decoded: Staged, stats: _Stats,
                        with_duplicates: bool) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """inputs == staged rows == written + rejected + duplicates, counted from what was written; else fail. Also
     returns the written files with their row counts (the manifest's `files` for this run)."""
@@ -760,7 +797,7 @@ def check_conservation(job: _Job, src: _Inputs, staged: DataFrame, stats: _Stats
     if with_duplicates:
         files["duplicates"], by_kind = _file_rows(job, "duplicates", duplicates_spark(), by="kind")
         dup_counts.update(by_kind)
-    staged_rows = staged.count()
+    staged_rows = decoded.rows
     accounted = written + sum(rejected.values()) + sum(dup_counts.values())
     if not (src.count == staged_rows == accounted):
         raise ConservationError(

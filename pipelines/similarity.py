@@ -10,7 +10,7 @@ cropped a little at the borders and resized back (a zoom of 2-4%), which moves a
 plain NCC at 32 x 32 down to 0.59. A candidate pair is a near duplicate when similarity >=
 DEFAULT_MIN_SIMILARITY. NCC ignores brightness and contrast (gain and offset of the grey levels).
 A flat grid (centred norm < 1e-6 grey levels) gets a zero vector: similarity 0 with everything
-(exact copies of it are still caught by the sha256 / pixels_sha256 groups of pipelines/dedup.py).
+(exact copies of it are still caught by the sha256 / pixels_sha256 groups of pipelines/dedup/candidates.py).
 
 Why (bench/dedup_quality.py; tune: MNIST train digits seed 0 + even photo families; held-out: MNIST
 test and scikit-learn digits seed 1 + odd photo families; greedy keep rule, pairwise P / R / lost):

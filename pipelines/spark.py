@@ -47,6 +47,9 @@ def get_spark(master: str | None = "local[*]", app_name: str = "imagegen", conf:
     if local:
         settings["spark.driver.host"] = os.environ["SPARK_LOCAL_IP"]
         settings["spark.driver.bindAddress"] = os.environ["SPARK_LOCAL_IP"]
+        # Workers forked with the job's libraries already imported (pipelines/worker_daemon.py); a cluster's
+        # executors keep Spark's own daemon (their Python environment is theirs).
+        settings["spark.python.daemon.module"] = "pipelines.worker_daemon"
     settings.update(conf or {})
     level = spark_log_level()
     if master is None or SparkContext._gateway is not None:

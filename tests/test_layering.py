@@ -80,3 +80,69 @@ def test_jobs_may_import_both(tmp_path):
     (tmp_path / "jobs" / "ok.py").write_text("import pipelines\nimport training\nimport schemas\n")
     (tmp_path / "training" / "ok.py").write_text("import schemas\nfrom . import sibling\n")
     assert find_violations(tmp_path) == []
+
+
+def module_imports(root: Path, package: str) -> dict[str, set[str]]:
+    """{module: modules of `package` it imports}, counting imports inside functions too (a lazy import that
+    only dodges a circle at load time is still a circle in the design). `from pkg import mod` names a module
+    when pkg/mod.py (or pkg/mod/) exists."""
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (root / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            deps |= {t for t in targets if t in modules and t != name}
+        graph[name] = deps
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of two or more modules (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("package", ["schemas", "pipelines", "training", "jobs"])
+def test_no_import_circles_inside_a_layer(package):
+    assert import_cycles(module_imports(REPO, package)) == []
+
+
+def test_the_circle_finder_finds_a_lazy_circle(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("from pkg.b import x\n")
+    (tmp_path / "pkg" / "b.py").write_text("def x():\n    from pkg import a\n")
+    (tmp_path / "pkg" / "c.py").write_text("import pkg.a\n")
+    assert import_cycles(module_imports(tmp_path, "pkg")) == [["pkg.a", "pkg.b"]]

@@ -169,7 +169,7 @@ def test_a_stale_lock_of_a_dead_writer_is_taken_over_and_named(spark, sources, t
                                                                "time": "then", "command": "imagegen preprocess (killed)"}))
     logs: list[str] = []
     run_preprocess(spark, [str(sources["first"])], str(out), CFG, log=logs.append)
-    assert any(f"removed the stale lock" in line and f"pid {dead.pid}" in line for line in logs), logs
+    assert any("removed the stale lock" in line and f"pid {dead.pid}" in line for line in logs), logs
     assert not Path(DatasetLayout(str(out)).lock).exists()
 
 

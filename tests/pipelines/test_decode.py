@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from pipelines.config import FitMode, LabelMode, PixelEncoding, PreprocessConfig
-from pipelines.decode import SOURCE_ARROW, STAGED_ARROW, Decoded, Reject, decode_batch, process_image
+from pipelines.decode import STAGED_ARROW, Decoded, Reject, decode_batch, process_image
 from pipelines.labels import LabelResolver
 from pipelines.phash import hex_to_int64
+from pipelines.source_rows import SOURCE_ARROW
 from schemas.images import RejectReason
 from tests.pipelines.imagefactory import corpus_members, encode, halves, jpeg_with_orientation, photo_like, png_bomb_header
 

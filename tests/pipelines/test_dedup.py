@@ -1,4 +1,4 @@
-"""pipelines/dedup.py against brute force, on random hashes with planted clusters, chains and a hot bucket."""
+"""pipelines/dedup/ against brute force, on random hashes with planted clusters, chains and a hot bucket."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pipelines import dedup
-from pipelines.dedup import DedupConfig, VerifyMode
+from pipelines.dedup import DedupConfig, VerifyMode, candidates, keep
+
 
 @pytest.fixture(params=[0, 10**6], ids=["distributed", "driver"])
 def dedup_path(request) -> int:
@@ -84,32 +85,32 @@ def hashes_df(spark, h: np.ndarray, query: list[bool] | None = None):
 # ----------------------------------------------------------------------------- pure functions
 def test_masks_and_ball_sizes():
     for w, r in [(16, 0), (16, 2), (21, 2), (13, 1), (7, 3)]:
-        masks = dedup.masks_within(w, r)
-        assert len(masks) == len(set(masks)) == dedup.ball_size(w, r) == sum(math.comb(w, k) for k in range(r + 1))
+        masks = candidates.masks_within(w, r)
+        assert len(masks) == len(set(masks)) == candidates.ball_size(w, r) == sum(math.comb(w, k) for k in range(r + 1))
         assert all(bin(m).count("1") <= r and m < 1 << w for m in masks)
-    assert dedup.band_widths(5) == [13, 13, 13, 13, 12]
-    assert sum(dedup.band_widths(7)) == 64
+    assert candidates.band_widths(5) == [13, 13, 13, 13, 12]
+    assert sum(candidates.band_widths(7)) == 64
 
 
 def test_choose_bands_balances_enumeration_and_buckets():
     # D = 0: one 64-bit band, radius 0 (a plain equi-join on the hash).
-    assert dedup.choose_bands(10**6, 10**6, 0) == (1, 0)
+    assert candidates.choose_bands(10**6, 10**6, 0) == (1, 0)
     # Large N prefers wider bands (smaller buckets) than D + 1 bands would give.
-    m, r = dedup.choose_bands(10**6, 10**6, 8)
+    m, r = candidates.choose_bands(10**6, 10**6, 8)
     assert (m, r) == (3, 2)
-    assert dedup.mih_cost(10**6, 10**6, 8, 3) < dedup.mih_cost(10**6, 10**6, 8, 9) / 10  # m = D + 1: 7-bit buckets
+    assert candidates.mih_cost(10**6, 10**6, 8, 3) < candidates.mih_cost(10**6, 10**6, 8, 9) / 10  # m = D + 1: 7-bit buckets
     for n in (10**5, 10**6, 10**8):
         for d in range(13):
-            m, r = dedup.choose_bands(n, n, d)
+            m, r = candidates.choose_bands(n, n, d)
             assert r == d // m and 1 <= m <= d + 1
-            assert dedup.mih_cost(n, n, d, m) == min(dedup.mih_cost(n, n, d, k) for k in range(1, d + 2))
+            assert candidates.mih_cost(n, n, d, m) == min(candidates.mih_cost(n, n, d, k) for k in range(1, d + 2))
 
 
 def test_pigeonhole_holds_for_uneven_bands():
     """Any pair within D has a band within D // m, for the widths band_widths gives (checked on random pairs)."""
     rng = np.random.default_rng(1)
     for m in range(1, 10):
-        widths = dedup.band_widths(m)
+        widths = candidates.band_widths(m)
         for _ in range(300):
             d = int(rng.integers(0, 13))
             bits = rng.choice(64, size=d, replace=False)
@@ -125,9 +126,9 @@ def test_pigeonhole_holds_for_uneven_bands():
 def test_candidate_pairs_equal_brute_force(spark, distance, bands):
     h = planted_hashes(2000, max(distance, 1), seed=distance * 10 + (bands or 0))
     expected = brute_pairs(h, distance)
-    m = bands or dedup.choose_bands(len(h), len(h), distance)[0]
+    m = bands or candidates.choose_bands(len(h), len(h), distance)[0]
     # hot_bucket_cap=40 salts the planted hot band (150 rows) and the 7-bit buckets of m = 9.
-    got_rows = dedup.candidate_pairs(hashes_df(spark, h), distance, m, distance // m, hot_bucket_cap=40).collect()
+    got_rows = candidates.candidate_pairs(hashes_df(spark, h), distance, m, distance // m, hot_bucket_cap=40).collect()
     got = [(r.src, r.dst, r.distance) for r in got_rows]
     assert len(got) == len(set(got)), "a pair came out twice"
     assert set(got) == expected
@@ -137,7 +138,7 @@ def test_candidate_pairs_equal_brute_force(spark, distance, bands):
 
 def test_candidate_pairs_refuses_a_radius_that_would_miss_pairs(spark):
     with pytest.raises(ValueError, match="radius >= distance // bands"):
-        dedup.candidate_pairs(hashes_df(spark, np.zeros(3, dtype=np.int64)), 8, 2, 3)
+        candidates.candidate_pairs(hashes_df(spark, np.zeros(3, dtype=np.int64)), 8, 2, 3)
 
 
 def test_candidate_pairs_with_index_only_rows(spark):
@@ -145,7 +146,7 @@ def test_candidate_pairs_with_index_only_rows(spark):
     h = planted_hashes(800, 6, seed=3)
     query = [i % 3 != 0 for i in range(len(h))]
     expected = {(a, b, d) for a, b, d in brute_pairs(h, 6) if query[a] or query[b]}
-    got = {(r.src, r.dst, r.distance) for r in dedup.candidate_pairs(hashes_df(spark, h, query), 6, 3, 2).collect()}
+    got = {(r.src, r.dst, r.distance) for r in candidates.candidate_pairs(hashes_df(spark, h, query), 6, 3, 2).collect()}
     assert got == expected and any(not query[a] for a, _, _ in expected)
 
 
@@ -169,10 +170,10 @@ def test_greedy_mis_equals_sequential_greedy(spark):
     n = len(h)
     edges = spark.createDataFrame(sorted(pairs), "src long, dst long, distance int")
     nodes = spark.createDataFrame([(i,) for i in range(n)], "id long")
-    got = {r.id: r for r in dedup.greedy_mis(nodes, edges).collect()}
+    got = {r.id: r for r in keep.greedy_mis(nodes, edges).collect()}
     ref = sequential_greedy(n, pairs)
     # A small graph decided on the driver at once (no distributed round) gives the very same rows.
-    on_driver = {r.id: r[:4] for r in dedup.greedy_mis(nodes, edges, driver_max_edges=len(pairs)).collect()}
+    on_driver = {r.id: r[:4] for r in keep.greedy_mis(nodes, edges, driver_max_edges=len(pairs)).collect()}
     assert on_driver == {i: r[:4] for i, r in got.items()}  # (id, kept, kept_by, distance); similarity is NaN here
     assert set(got) == set(range(n))
     assert {i for i, r in got.items() if r.kept} == {i for i, k in ref.items() if k is None}
@@ -190,11 +191,11 @@ def test_greedy_mis_chain_and_driver_fallback(spark):
     nodes = spark.createDataFrame([(i,) for i in range(9)], "id long")  # 7, 8 isolated
     want = {0, 2, 4, 6, 7, 8}
     for rounds in (40, 1):
-        got = dedup.greedy_mis(nodes, edges, max_rounds=rounds).collect()
+        got = keep.greedy_mis(nodes, edges, max_rounds=rounds).collect()
         assert {r.id for r in got if r.kept} == want
         assert {r.id: r.kept_by for r in got if not r.kept} == {1: 0, 3: 2, 5: 4}
     with pytest.raises(RuntimeError, match="did not converge in 1 rounds"):
-        dedup.greedy_mis(nodes, edges, max_rounds=1, fallback_max_edges=0)
+        keep.greedy_mis(nodes, edges, max_rounds=1, fallback_max_edges=0)
 
 
 # ----------------------------------------------------------------------------- deduplicate() on hash rows
@@ -294,7 +295,7 @@ def test_config_is_validated():
         DedupConfig(verify="phash256")
     with pytest.raises(ValueError, match="min_similarity"):
         DedupConfig(min_similarity=1.5)
-    assert dedup.masks_within(3, 1) == [0, 1, 2, 4]
+    assert candidates.masks_within(3, 1) == [0, 1, 2, 4]
 
 
 def test_keep_rule_lossless_before_lossy_at_equal_resolution(spark, dedup_path):

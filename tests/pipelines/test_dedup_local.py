@@ -1,11 +1,11 @@
-"""pipelines/dedup_local.py: the driver's dedup decides exactly as the distributed one (10/14)."""
+"""pipelines/dedup/driver.py: the driver's dedup decides exactly as the distributed one (10/14)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipelines import dedup_local
 from pipelines.dedup import DedupConfig, deduplicate
+from pipelines.dedup import driver as dedup_local
 from tests.pipelines.test_dedup import IMG_DDL, brute_pairs, flip, image_rows, planted_hashes
 from tests.pipelines.test_dedup_photos import IMG_DDL as PHOTO_DDL
 from tests.pipelines.test_dedup_photos import rows as photo_rows  # noqa: F401  (module fixture)

@@ -1,4 +1,4 @@
-"""pipelines/dedup.py's LSH candidate search (lsh_pairs) against brute force: exact on small runs, recall
+"""pipelines/dedup/candidates.py's LSH candidate search (lsh_pairs) against brute force: exact on small runs, recall
 >= 0.99 of the pairs within D on clustered hashes with planted near pairs, and work per image that stays
 bounded as N grows (speed itself is measured in bench/dedup.py, not here)."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 
 from bench.dedup import brute_sample, clustered_hashes, popcount
 from pipelines import dedup
-from pipelines.dedup import CandidateMethod, DedupConfig, VerifyMode
+from pipelines.dedup import CandidateMethod, DedupConfig, VerifyMode, candidates
 from tests.pipelines.test_dedup import (
     IMG_DDL,
     brute_pairs,
@@ -30,7 +30,7 @@ def test_small_run_is_searched_all_pairs_exactly(spark):
     h = planted_hashes(1500, 12, seed=4)
     query = [i % 4 != 0 for i in range(len(h))]
     expected = {(a, b, d) for a, b, d in brute_pairs(h, 12) if query[a] or query[b]}
-    got = found_pairs(dedup.lsh_pairs(hashes_df(spark, h, query), 12, exact_rows=2048))
+    got = found_pairs(candidates.lsh_pairs(hashes_df(spark, h, query), 12, exact_rows=2048))
     assert got == expected
     assert len(expected) > 300 and any(not query[a] for a, _, _ in expected)
 
@@ -44,9 +44,9 @@ def lsh_runs(spark):
     for n in (8_000, 32_000):
         h, planted = clustered_hashes(n, 12, seed=n)
         df = hashes_df(spark, h)
-        got = found_pairs(dedup.lsh_pairs(df, 12, **cfg))
-        key_bits = dedup.group_key_bits(n, cfg["max_group_rows"])
-        sizes = [r["count"] for r in dedup.lsh_groups(df, cfg["groups"], key_bits, 0).groupBy("g", "key").count().collect()]
+        got = found_pairs(candidates.lsh_pairs(df, 12, **cfg))
+        key_bits = candidates.group_key_bits(n, cfg["max_group_rows"])
+        sizes = [r["count"] for r in candidates.lsh_groups(df, cfg["groups"], key_bits, 0).groupBy("g", "key").count().collect()]
         truth = np.unique(np.concatenate([planted, brute_sample(h, 12, np.random.default_rng(n).choice(n, 600, replace=False))]), axis=0)
         out[n] = {"h": h, "got": got, "truth": truth, "key_bits": key_bits, "sizes": sizes, "cfg": cfg}
     return out
@@ -74,7 +74,7 @@ def test_lsh_work_per_image_stays_bounded_as_n_grows(lsh_runs):
     per_image = {}
     for n, run in lsh_runs.items():
         c = run["cfg"]
-        per_image[n] = dedup.lsh_comparisons(run["sizes"], c["subtables"], c["window"], c["exact_rows"]) / n
+        per_image[n] = candidates.lsh_comparisons(run["sizes"], c["subtables"], c["window"], c["exact_rows"]) / n
         # Every group is windowed: G * T * W popcounts per image, minus the window's tail in each group.
         assert 0.99 * c["groups"] * c["subtables"] * c["window"] <= per_image[n] <= c["groups"] * c["subtables"] * c["window"]
         assert len(run["got"]) / n < 0.1  # what comes out is the near pairs, not the examined ones
@@ -83,10 +83,10 @@ def test_lsh_work_per_image_stays_bounded_as_n_grows(lsh_runs):
 
 def test_choose_method_keeps_the_exact_search_where_it_is_cheap():
     cfg = DedupConfig()  # D = 12
-    assert dedup.choose_method(3_000, 3_000, cfg) is CandidateMethod.EXACT  # 455 join rows per image
-    assert dedup.choose_method(100_000, 100_000, cfg) is CandidateMethod.LSH  # 6,868 per image
-    assert dedup.choose_method(10**6, 10**6, DedupConfig(near_distance=8)) is CandidateMethod.EXACT  # 1,000
-    assert dedup.choose_method(10**6, 10**6, DedupConfig(near_distance=8, candidates=CandidateMethod.LSH)) is CandidateMethod.LSH
+    assert candidates.choose_method(3_000, 3_000, cfg) is CandidateMethod.EXACT  # 455 join rows per image
+    assert candidates.choose_method(100_000, 100_000, cfg) is CandidateMethod.LSH  # 6,868 per image
+    assert candidates.choose_method(10**6, 10**6, DedupConfig(near_distance=8)) is CandidateMethod.EXACT  # 1,000
+    assert candidates.choose_method(10**6, 10**6, DedupConfig(near_distance=8, candidates=CandidateMethod.LSH)) is CandidateMethod.LSH
     with pytest.raises(TypeError, match="candidates must be a CandidateMethod"):
         DedupConfig(candidates="lsh")
     with pytest.raises(ValueError, match="lsh_groups, lsh_subtables, lsh_window"):
@@ -100,7 +100,7 @@ def test_deduplicate_through_lsh_keeps_the_keep_rule(spark):
     rows = image_rows(h, "lsh")
     cfg = DedupConfig(near_distance=8, verify=VerifyMode.NONE, partitions=4, candidates=CandidateMethod.LSH,
                       lsh_max_group_rows=512, lsh_exact_rows=64, driver_max_rows=0)
-    assert dedup.group_key_bits(len(h), 512) == 2
+    assert candidates.group_key_bits(len(h), 512) == 2
     kept, dups = dedup.deduplicate(spark, spark.createDataFrame(rows, IMG_DDL), None, cfg)
     kept_uris = {r.source_uri for r in kept.collect()}
     ref = sequential_greedy(len(h), pairs)

@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipelines.config import PreprocessConfig
-from pipelines.decode import SOURCE_ARROW, Decoded, Reject, decode_batch, process_image
+from pipelines.decode import Decoded, Reject, decode_batch, process_image
 from pipelines.preprocess import run_preprocess
+from pipelines.source_rows import SOURCE_ARROW
 from schemas.images import RejectReason
 from schemas.uri import path_to_uri
 from tests.pipelines.imagefactory import encode, jpeg_with_orientation, photo_like

@@ -12,7 +12,8 @@ import pytest
 
 from pipelines.config import PreprocessConfig
 from pipelines.decode import read_local
-from pipelines.sources import InputKind, classify, expand_tar, list_tar, load_sources
+from pipelines.sources import InputKind, classify, load_sources
+from pipelines.sources.tar import expand_tar, list_tar
 from tests.pipelines.imagefactory import encode, photo_like, write_tar
 
 CFG = PreprocessConfig()
@@ -221,7 +222,7 @@ def test_odd_names_and_empty_files_are_listed_once_with_their_real_path(spark, o
 def test_odd_names_through_binary_file_are_not_counted_twice(spark, odd):
     """The binaryFile path (kept for hdfs:, s3a:, ...) compares inputFiles() and its path column in one
     spelling, so the zero-length back-fill adds only the empty files. Exercised here on a local folder."""
-    from pipelines.sources import _binary_files, hadoop_spelling
+    from pipelines.sources.hadoop import _binary_files, hadoop_spelling
 
     assert hadoop_spelling("file:///x/a%20b%2520c%23.png") == "file:/x/a b%20c#.png"
     assert hadoop_spelling("s3a://bucket/d/%E6%97%A5 x.png") == "s3a://bucket/d/日 x.png"

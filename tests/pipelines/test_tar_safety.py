@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.config import LabelMode, PreprocessConfig
 from pipelines.preprocess import run_preprocess
-from pipelines.sources import expand_tar, list_tar
+from pipelines.sources.tar import expand_tar, list_tar
 from schemas.images import RejectReason
 from tests.conftest import REPO
 from tests.pipelines.imagefactory import encode, photo_like
@@ -127,7 +127,7 @@ def test_gzip_bomb_is_counted_and_expanded_in_bounded_memory(hostile):
     expanding the shard peaks far below the member's size (it was 2.2 GB when members were read whole)."""
     shard = hostile / "in" / "shard.tar.gz"
     code = (
-        "import json, sys; from pipelines.sources import expand_tar, list_tar\n"
+        "import json, sys; from pipelines.sources.tar import expand_tar, list_tar\n"
         f"n = list_tar({f'file:{shard}'!r})\n"
         f"rows = [(r[0].rsplit('#', 1)[1], r[2] is not None, r[4]) for r in expand_tar({f'file:{shard}'!r})]\n"
         # VmHWM, not ru_maxrss: after fork + exec Linux keeps the forked copy's high-water mark in ru_maxrss, i.e. the
@@ -170,3 +170,53 @@ def test_member_above_max_file_bytes_is_refused_without_reading(tmp_path):
     assert rows["big.jpg"][4] == f"too_large: tar member is {big} bytes, limit max_file_bytes={big - 1}; it is not read"
     assert rows["small.png"][2] == b"\x89PNG"
     assert list_tar(f"file:{shard}", max_bytes=big - 1) == (2, 0)
+
+
+def _plain_hostile_shard(path: Path) -> Path:
+    """An uncompressed shard with every member kind the listing must classify, long (GNU and pax) names included."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        _add(tar, "cat/", type=tarfile.DIRTYPE)
+        for i in range(6):
+            _add(tar, f"cat/{i}.jpg", _jpeg(10 + i))
+        _add(tar, "cat/" + "n" * 150 + ".jpg", _jpeg(20))              # a GNU long name
+        _add(tar, "dog/link.jpg", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+        _add(tar, "dog/hard.jpg", type=tarfile.LNKTYPE, linkname="cat/0.jpg")
+        _add(tar, "dog/pipe.jpg", type=tarfile.FIFOTYPE)
+        _add(tar, "../escape.jpg", _jpeg(21))
+        _add(tar, "cat/0.json", b'{"label": 1}')                      # a sidecar: skipped
+        _add(tar, "cat/big.jpg", bytes(5000))
+    with tarfile.open(path, "a", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, "dog/" + "é" * 80 + ".jpg", _jpeg(22))               # a pax header
+        _add(tar, "dog/1.cls", b"3")
+    return path
+
+
+def test_a_whole_plain_shard_is_counted_from_its_headers_exactly_as_it_is_expanded(tmp_path, monkeypatch):
+    """The fast count (headers only, 10/14) gives the streaming count on a whole shard, and every cut or broken
+    copy of it falls back to the streaming count, so listing and expansion never disagree."""
+    from pipelines.sources import tar as tar_mod
+
+    whole = _plain_hostile_shard(tmp_path / "whole.tar")
+    data = whole.read_bytes()
+    variants = {"whole": data}
+    for cut in range(0, len(data), 512 * 7):                            # header and data boundaries
+        variants[f"cut{cut}"] = data[:cut]
+        variants[f"cut{cut}+100"] = data[: cut + 100]
+    broken = bytearray(data)
+    broken[512 * 9: 512 * 9 + 100] = b"\xff" * 100                     # a header torn mid-archive
+    variants["torn"] = bytes(broken)
+    fast_used = []
+    for name, blob in variants.items():
+        shard = tmp_path / f"{name}.tar"
+        shard.write_bytes(blob)
+        uri = f"file:{shard}"
+        rows = list(expand_tar(uri, max_bytes=4096))
+        fast = list_tar(uri, max_bytes=4096)
+        if tar_mod._index_tar(uri) is not None:
+            fast_used.append(name)
+        with monkeypatch.context() as m:
+            m.setattr(tar_mod, "_index_tar", lambda uri: None)
+            streamed = list_tar(uri, max_bytes=4096)
+        assert fast == streamed and fast[0] == len(rows), name
+    assert "whole" in fast_used and len(fast_used) > 1                  # the fast path ran, not only the fallback
+    assert list_tar(f"file:{whole}", max_bytes=4096) == (13, 2)

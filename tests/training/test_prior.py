@@ -107,7 +107,7 @@ def test_prior_samples_match_the_aggregate_posterior_of_a_trained_vae(labelled_v
         assert float(((gm - wm).abs() / scale).max()) < 0.2
         assert float((gc - wc).norm() / wc.norm()) < 0.2
     # the standard normal the VAE was trained towards is measurably further from it
-    (pm, pc), (wm, wc) = _moments(posterior[labels == 3]), _moments(draws3)
+    (_, pc), (wm, wc) = _moments(posterior[labels == 3]), _moments(draws3)
     assert float((torch.eye(spec.z_dim, dtype=torch.double) - pc).norm()) > 2 * float((wc - pc).norm())
 
 

@@ -1,6 +1,6 @@
 """The whole dedup decided on the driver, for runs whose compact table fits there (issue 10/14).
 
-`pipelines/dedup.py` spreads dedup over ~70 Spark stages (ranks, exact groups, candidate joins, verification,
+The distributed path (`pipelines/dedup/__init__.py`) spreads dedup over ~70 Spark stages (ranks, exact groups, candidate joins, verification,
 rounds of the greedy MIS): right for 10^8 images, a fixed cost of 10-25 s for 10^3-10^5 of them. Here the same
 decision is made from one compact table collected once, (source_uri, sha256, pixels_sha256, phash, original size,
 format, file size) ~ 200 bytes a row, with numpy:
@@ -26,7 +26,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines import similarity
-from pipelines.dedup import DUPLICATES_COLUMNS, LOSSY_FORMATS, DedupConfig, VerifyMode, _popcount
+from pipelines.dedup.candidates import _popcount
+from pipelines.dedup.common import DUPLICATES_COLUMNS, LOSSY_FORMATS, DedupConfig, VerifyMode
 from schemas.images import DuplicateKind
 from schemas.pixels import decode_pixels
 
