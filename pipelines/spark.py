@@ -158,16 +158,19 @@ def _java() -> str | None:
     return os.path.realpath(java) if java and os.path.exists(java) else None
 
 
-def cds_key() -> str | None:
-    """What an archive is only valid for: this JVM binary and Spark's exact jars (names and sizes)."""
+def cds_key(jars: Path | None = None) -> str | None:
+    """What an archive is only valid for: this JVM binary and Spark's exact jars, at their paths. The JVM refuses
+    an archive whose class path differs in any jar's path, size or modification time ("A jar file is not the one
+    used while building the shared archive file"), and with -Xshare:auto it then starts without it, silently: so
+    two virtual environments with the same pyspark get two archives instead of taking turns invalidating one."""
     import pyspark
 
     java = _java()
     if java is None:
         return None
-    jars = Path(pyspark.__file__).parent / "jars"
-    listing = sorted((p.name, p.stat().st_size) for p in jars.glob("*.jar")) if jars.is_dir() else []
-    text = json.dumps([java, os.stat(java).st_size, pyspark.__version__, listing])
+    jars = jars if jars is not None else Path(pyspark.__file__).parent / "jars"
+    listing = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in jars.glob("*.jar")) if jars.is_dir() else []
+    text = json.dumps([java, os.stat(java).st_size, pyspark.__version__, str(jars.resolve()), listing])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -209,6 +212,7 @@ def build_cds_archive(log=print) -> Path | None:
     if cds_archive() is not None:
         return cds_archive()
     _cache_dir().mkdir(parents=True, exist_ok=True)
+    _remove_dead_builds()
     tmp = _cache_dir() / f"{key}.jsa.tmp-{os.getpid()}"
     env = {**os.environ, "IMAGEGEN_SPARK_CDS": "off"}
     run = subprocess.run([sys.executable, "-m", "pipelines.spark", "--cds-workload", str(tmp)], env=env,
@@ -223,6 +227,20 @@ def build_cds_archive(log=print) -> Path | None:
     os.replace(stamp.with_suffix(".json.tmp"), stamp)
     log(f"spark CDS: {archive} ({archive.stat().st_size / 2**20:.0f} MiB)")
     return archive
+
+
+def _remove_dead_builds() -> None:
+    """Half-written archives (`<key>.jsa.tmp-<pid>`, ~165 MiB each) of builds whose process is gone."""
+    for tmp in _cache_dir().glob("*.jsa.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, someone else's
+            pass
 
 
 def _cds_workload(archive: str) -> None:

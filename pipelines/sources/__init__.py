@@ -11,11 +11,13 @@ Input kinds (classified on the driver, see `classify`):
             skipped, relative paths resolved against the list's directory). Entries are literal paths, not
             globs (`a[1].png` is the file of that name). A listed file that does not exist becomes a
             read_error reject.
-  TAR       a .tar/.tar.gz/.tgz shard, or a directory holding only shards (webdataset-style). Each
-            shard is streamed member by member inside a mapInArrow (memory: one member plus one output
-            batch), source_uri = "<shard uri>#<member path>". Webdataset sidecar members (.json, .txt,
-            .cls, ...) are not images and are skipped (counted in the manifest as tar_sidecars_skipped
-            when the job runs). Shards are opened with pyarrow.fs (file:, s3 (s3a: is mapped), hdfs:).
+  TAR       a .tar/.tar.gz/.tgz shard, or a directory holding only shards (webdataset-style),
+            source_uri = "<shard uri>#<member path>". One task per shard reads its member index: a local,
+            uncompressed, whole shard from its headers alone, its members then read by byte range on every core;
+            any other shard is streamed member by member (memory: one member plus one output batch), as
+            pipelines/sources/tar.py says. Webdataset sidecar members (.json, .txt, .cls, ...) are not images
+            and are skipped (counted in the manifest as tar_sidecars_skipped when the job runs). Shards are
+            opened with pyarrow.fs (file:, s3 (s3a: is mapped), hdfs:).
   PARQUET   a Parquet file or dataset directory with an image-bytes column (`image_column`, or the
             first of image/bytes/content/jpg/png/img; a struct {bytes, path} as Hugging Face datasets
             write is understood). source_uri = "<parquet file>#row=<row index in that file>".
@@ -36,7 +38,7 @@ from pipelines.sources.hadoop import _files_frame, _uri_list_frame, read_uri_lis
 from pipelines.sources.local import _local_frame, _local_glob
 from pipelines.sources.parquet import UnreadableInputError, _parquet_frame, _unreadable_parquet
 from pipelines.sources.spec import LIST_SUFFIXES, PARQUET_SUFFIXES, TAR_SUFFIXES, InputKind, InputSpec, _is_glob
-from pipelines.sources.tar import _tar_frame, count_tar_members
+from pipelines.sources.tar import tar_frame
 from schemas.uri import is_local
 
 __all__ = ["InputKind", "InputSpec", "Sources", "UnreadableInputError", "classify", "load_sources"]
@@ -101,8 +103,7 @@ def load_sources(spark: SparkSession, specs: list[InputSpec], cfg: PreprocessCon
             local_lists.append((spec, [u for u in uris if is_local(u)]))
             df, n = _uri_list_frame(spark, spec, [u for u in uris if not is_local(u)])
         elif spec.kind == InputKind.TAR:
-            df = _tar_frame(spark, spec, partitions, cfg.max_file_bytes)
-            n, skipped = count_tar_members(spark, list(spec.paths), cfg.max_file_bytes)
+            df, n, skipped = tar_frame(spark, spec, partitions, cfg.max_file_bytes)
             sidecars += skipped
         elif spec.kind == InputKind.PARQUET:
             with _unreadable_parquet(spec):

@@ -1,5 +1,13 @@
-"""Tar shards (webdataset-style): streamed member by member inside a mapInArrow, counted by a pass that keeps
-no member.
+"""Tar shards (webdataset-style), listed once and read in parallel.
+
+`tar_frame` runs one task per shard that reads the shard's member index:
+  * a local, uncompressed, whole shard (`_index_tar`: headers only, seeking past the data) gives one row per input
+    member with its byte range; those rows are spread over every core and each task reads its members' ranges
+    (`_read_ranges`), so a shard's bytes are read once, by many tasks, and no member's bytes cross a shuffle;
+  * any other shard (compressed, remote, cut short, a header tarfile refuses) is counted by streaming it through
+    (`list_tar`) and later expanded by streaming it again (`expand_tar`, one task per shard), exactly as before.
+The index rows are persisted, so the count (the number of inputs, independent of the decode stage) and the rows
+the decode stage reads are one listing.
 """
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ import tarfile
 from typing import Iterator
 
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -143,19 +152,6 @@ def _index_tar(uri: str) -> list[tarfile.TarInfo] | None:
     return members if end <= size else None
 
 
-def _list_tars(batches: Iterator[pa.RecordBatch], max_bytes: int) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        counts = [list_tar(u, max_bytes) for u in batch.column("shard").to_pylist()]
-        yield pa.RecordBatch.from_pydict({"members": [c[0] for c in counts], "sidecars": [c[1] for c in counts]})
-
-
-def count_tar_members(spark: SparkSession, shards: list[str], max_bytes: int = PreprocessConfig.max_file_bytes) -> tuple[int, int]:
-    """(input members, skipped sidecars) over all shards: a distributed pass that keeps no member."""
-    df = spark.createDataFrame([(p,) for p in shards], "shard string").repartition(max(1, len(shards)))
-    row = df.mapInArrow(functools.partial(_list_tars, max_bytes=max_bytes), "members long, sidecars long").agg(F.sum("members"), F.sum("sidecars")).collect()[0]
-    return int(row[0] or 0), int(row[1] or 0)
-
-
 def _expand_tars(batches: Iterator[pa.RecordBatch], max_bytes: int) -> Iterator[pa.RecordBatch]:
     rows: list[tuple] = []
     size = 0
@@ -177,8 +173,117 @@ def _rows_to_batch(rows: list[tuple]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, SOURCE_ARROW)], schema=SOURCE_ARROW)
 
 
-def _tar_frame(spark: SparkSession, spec: InputSpec, partitions: int, max_bytes: int) -> DataFrame:
+# One task's index of its shards: a row per input member of an indexed shard (its byte range; source_error = its
+# refusal, and then it is not read), and one summary row per shard (member_uri null).
+INDEX_ARROW = pa.schema([
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("member_uri", pa.string()),
+    pa.field("rel_path", pa.string()),
+    pa.field("offset", pa.int64()),
+    pa.field("length", pa.int64()),
+    pa.field("source_error", pa.string()),
+    pa.field("streamed", pa.bool_()),     # summary rows: the shard is counted and expanded by streaming
+    pa.field("members", pa.int64()),      # summary rows: its inputs
+    pa.field("sidecars", pa.int64()),     # summary rows: its skipped webdataset sidecars
+])
+RANGE_BATCH_ROWS = 64  # members read per output batch (about 1 MB of 14 KB JPEGs)
+
+
+def index_shard(uri: str, max_bytes: int) -> tuple[list[tuple], int, int, bool]:
+    """(member rows, inputs, sidecars, streamed) of one shard: the rows `expand_tar` would yield, as byte ranges,
+    when `_index_tar` proves the shard whole; else no rows and the streaming count (streamed=True)."""
+    members = _index_tar(uri)
+    if members is None:
+        inputs, sidecars = list_tar(uri, max_bytes)
+        return [], inputs, sidecars, True
+    rows, sidecars = [], 0
+    for m in members:
+        if _is_sidecar(m):
+            sidecars += 1
+            continue
+        refusal = member_refusal(m, max_bytes)
+        rel = None if unsafe_member_path(m.name) else m.name
+        rows.append((uri, f"{uri}#{m.name}", rel, m.offset_data, m.size, refusal))
+    return rows, len(rows), sidecars, False
+
+
+def _index_shards(batches: Iterator[pa.RecordBatch], max_bytes: int) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        for uri in batch.column("shard").to_pylist():
+            rows, inputs, sidecars, streamed = index_shard(uri, max_bytes)
+            table = {f.name: [] for f in INDEX_ARROW}
+            for shard, member_uri, rel, offset, length, error in rows:
+                for k, v in (("shard", shard), ("member_uri", member_uri), ("rel_path", rel), ("offset", offset),
+                             ("length", length), ("source_error", error), ("streamed", None), ("members", None),
+                             ("sidecars", None)):
+                    table[k].append(v)
+            for k, v in (("shard", uri), ("member_uri", None), ("rel_path", None), ("offset", None), ("length", None),
+                         ("source_error", None), ("streamed", streamed), ("members", inputs), ("sidecars", sidecars)):
+                table[k].append(v)
+            yield pa.RecordBatch.from_pydict(table, schema=INDEX_ARROW)
+
+
+def _read_ranges(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Index rows in, SOURCE_ARROW rows out: each accepted member's bytes read from its range of the shard (one open
+    file per shard at a time). A range that cannot be read whole (the shard changed since it was indexed) is a
+    read_error row naming it; nothing is dropped."""
+    for batch in batches:
+        d = batch.to_pydict()
+        content: list[bytes | None] = []
+        errors = list(d["source_error"])
+        handle, open_uri = None, None
+        try:
+            for i, (shard, offset, length) in enumerate(zip(d["shard"], d["offset"], d["length"])):
+                if errors[i] is not None:
+                    content.append(None)
+                    continue
+                try:
+                    if shard != open_uri:
+                        if handle is not None:
+                            handle.close()
+                        handle, open_uri = None, shard
+                        handle = open(os_path(shard), "rb")
+                    handle.seek(offset)
+                    data = handle.read(length)
+                    if len(data) != length:
+                        raise EOFError(f"read {len(data)} of the member's {length} bytes at offset {offset}")
+                    content.append(data)
+                except (OSError, EOFError) as exc:
+                    content.append(None)
+                    errors[i] = f"tar shard unreadable: {type(exc).__name__}: {exc}"
+        finally:
+            if handle is not None:
+                handle.close()
+        yield pa.RecordBatch.from_pydict({"source_uri": d["member_uri"], "rel_path": d["rel_path"], "content": content,
+                                          "length": d["length"], "source_error": errors,
+                                          "read_uri": [None] * len(content)}, schema=SOURCE_ARROW)
+
+
+def tar_frame(spark: SparkSession, spec: InputSpec, partitions: int, max_bytes: int) -> tuple[DataFrame, int, int]:
+    """(SOURCE_ARROW rows of every input member, inputs, skipped sidecars) of a TAR input; see the module docstring."""
     shards = spark.createDataFrame([(p,) for p in spec.paths], "shard string").repartition(max(1, len(spec.paths)))
-    members = shards.mapInArrow(functools.partial(_expand_tars, max_bytes=max_bytes), from_arrow_schema(SOURCE_ARROW))
-    # A shard is expanded by one task; spread its members so every core decodes.
+    index = (shards.mapInArrow(functools.partial(_index_shards, max_bytes=max_bytes), from_arrow_schema(INDEX_ARROW))
+             .persist(StorageLevel.MEMORY_AND_DISK))  # paths and ranges only, no member bytes
+    summary = index.where(F.col("member_uri").isNull()).select("shard", "streamed", "members", "sidecars").collect()
+    inputs = sum(int(r["members"]) for r in summary)
+    sidecars = sum(int(r["sidecars"]) for r in summary)
+    streamed = sorted(r["shard"] for r in summary if r["streamed"])
+    frames = []
+    if len(streamed) < len(summary):
+        ranges = index.where(F.col("member_uri").isNotNull()).repartition(partitions)
+        frames.append(ranges.mapInArrow(_read_ranges, from_arrow_schema(SOURCE_ARROW)))
+    if streamed:
+        frames.append(_streamed_frame(spark, streamed, partitions, max_bytes))
+    if not frames:
+        return spark.createDataFrame([], from_arrow_schema(SOURCE_ARROW)), 0, sidecars
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.unionByName(f)
+    return out, inputs, sidecars
+
+
+def _streamed_frame(spark: SparkSession, shards: list[str], partitions: int, max_bytes: int) -> DataFrame:
+    """The shards that are streamed (module docstring): one task expands each, its members spread over every core."""
+    df = spark.createDataFrame([(p,) for p in shards], "shard string").repartition(max(1, len(shards)))
+    members = df.mapInArrow(functools.partial(_expand_tars, max_bytes=max_bytes), from_arrow_schema(SOURCE_ARROW))
     return members.repartition(partitions)

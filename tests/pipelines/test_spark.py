@@ -29,10 +29,16 @@ def test_local_session_binds_to_loopback(spark):
 
 
 # ----------------------------------------------------------------------------- class data sharing (10/14)
-_PROBE = ("from pipelines.spark import get_spark, cds_archive\n"
-          "s = get_spark('local[1]')\n"
+# `mapped`: the JVM loaded Spark's classes from the archive's dynamic layer ("shared objects file (top)" in its
+# class-load log), not only that the flag was passed: -Xshare:auto starts without an archive it cannot use, silently.
+_PROBE = ("import os, sys, tempfile\n"
+          "from pipelines.spark import get_spark, cds_archive\n"
+          "log = os.path.join(tempfile.mkdtemp(), 'classes.log')\n"
+          "s = get_spark('local[1]', conf={'spark.driver.extraJavaOptions': f'-Xlog:class+load=info:file={log}'})\n"
           "args = s.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()\n"
-          "print('rows', s.range(3).count(), 'cds', any('SharedArchiveFile' in str(a) for a in args), 'kept', cds_archive() is not None)\n"
+          "rows = s.range(3).count()\n"
+          "mapped = any('org.apache.spark.SparkContext ' in l and 'shared objects file (top)' in l for l in open(log))\n"
+          "print('rows', rows, 'cds', any('SharedArchiveFile' in str(a) for a in args), 'kept', cds_archive() is not None, 'mapped', mapped)\n"
           "s.stop()\n")
 
 
@@ -81,7 +87,7 @@ def _install(archive, cache, size: int | None = None):
 def test_the_driver_jvm_maps_a_built_class_data_archive(tmp_path, real_archive):
     _install(real_archive, tmp_path)
     line, err = _probe(tmp_path)
-    assert line == "rows 3 cds True kept True", err[-2000:]
+    assert line == "rows 3 cds True kept True mapped True", err[-2000:]
     assert "[cds]" not in err and "[warning]" not in err
 
 
@@ -92,8 +98,27 @@ def test_a_damaged_class_data_archive_is_never_fatal(tmp_path, real_archive):
 
     placed = _install(real_archive, tmp_path, size=4 << 20)
     placed.with_suffix(".json").write_text(json.dumps({"size": real_archive.stat().st_size}))  # the stamp says more
-    assert _probe(tmp_path)[0] == "rows 3 cds False kept False"
+    assert _probe(tmp_path)[0] == "rows 3 cds False kept False mapped False"
     placed = _install(real_archive, tmp_path, size=4 << 20)  # the stamp agrees, the regions it maps are cut off
     line, err = _probe(tmp_path)
-    assert line == "rows 3 cds False kept False", err[-2000:]
+    assert line == "rows 3 cds False kept False mapped False", err[-2000:]
     assert not placed.exists()  # forgotten: the next start does not try it again
+
+
+def test_each_spark_install_gets_its_own_class_data_archive(tmp_path):
+    """Two virtual environments with the same pyspark jars (names and sizes) at different paths: the JVM refuses an
+    archive built for the other's class path, so their keys differ, and a jar touched since the build changes it too."""
+    import os
+    import shutil
+
+    from pipelines import spark as S
+
+    a, b = tmp_path / "a" / "jars", tmp_path / "b" / "jars"
+    a.mkdir(parents=True)
+    (a / "spark-core.jar").write_bytes(b"PK" + bytes(100))
+    shutil.copytree(a, b)
+    os.utime(b / "spark-core.jar", ns=((a / "spark-core.jar").stat().st_atime_ns, (a / "spark-core.jar").stat().st_mtime_ns))
+    assert S.cds_key(a) != S.cds_key(b)
+    before = S.cds_key(a)
+    os.utime(a / "spark-core.jar", ns=(1, 1))
+    assert S.cds_key(a) != before and S.cds_key(a) == S.cds_key(a)

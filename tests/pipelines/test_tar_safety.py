@@ -220,3 +220,38 @@ def test_a_whole_plain_shard_is_counted_from_its_headers_exactly_as_it_is_expand
         assert fast == streamed and fast[0] == len(rows), name
     assert "whole" in fast_used and len(fast_used) > 1                  # the fast path ran, not only the fallback
     assert list_tar(f"file:{whole}", max_bytes=4096) == (13, 2)
+
+
+def test_indexed_and_streamed_shards_list_exactly_what_the_streaming_expansion_yields(spark, tmp_path):
+    """One TAR input mixing a whole plain shard (listed from its headers, read by ranges), its gzip copy, a copy cut
+    short and a copy with a torn header (streamed): every member row, its bytes and the count are the expansion's."""
+    import gzip
+
+    from pipelines.config import PreprocessConfig
+    from pipelines.sources import classify, load_sources
+    from pipelines.sources.tar import index_shard
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    data = _plain_hostile_shard(tmp_path / "plain.tar").read_bytes()
+    (shards / "a-whole.tar").write_bytes(data)
+    (shards / "b-zipped.tar.gz").write_bytes(gzip.compress(data))
+    (shards / "c-cut.tar").write_bytes(data[: len(data) * 2 // 3])
+    torn = bytearray(data)
+    torn[512 * 9: 512 * 9 + 100] = b"\xff" * 100
+    (shards / "d-torn.tar").write_bytes(bytes(torn))
+    spec = classify(spark, str(shards))
+    assert index_shard(spec.paths[0], PreprocessConfig.max_file_bytes)[3] is False  # the whole shard is indexed
+    assert index_shard(spec.paths[2], PreprocessConfig.max_file_bytes)[3] is True   # the cut one is streamed
+    want, sidecars = {}, 0
+    for uri in spec.paths:
+        for source_uri, rel, content, length, error, _ in expand_tar(uri):
+            assert source_uri not in want
+            want[source_uri] = (rel, content, length, error)
+        sidecars += list_tar(uri)[1]
+    loaded = load_sources(spark, [spec], PreprocessConfig(), 4)
+    got = {r["source_uri"]: (r["rel_path"], None if r["content"] is None else bytes(r["content"]), r["length"], r["source_error"])
+           for r in loaded.df.collect()}
+    assert got == want
+    assert (loaded.input_count, loaded.tar_sidecars) == (len(want), sidecars)
+    assert sum(1 for u in want if u.startswith(spec.paths[0] + "#")) == 13
