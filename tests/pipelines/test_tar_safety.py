@@ -222,10 +222,18 @@ def test_a_whole_plain_shard_is_counted_from_its_headers_exactly_as_it_is_expand
     assert list_tar(f"file:{whole}", max_bytes=4096) == (13, 2)
 
 
-def test_indexed_and_streamed_shards_list_exactly_what_the_streaming_expansion_yields(spark, tmp_path):
+@pytest.mark.parametrize("indexed_by", ["driver", "tasks"])
+def test_indexed_and_streamed_shards_list_exactly_what_the_streaming_expansion_yields(spark, tmp_path, monkeypatch,
+                                                                                     indexed_by):
     """One TAR input mixing a whole plain shard (listed from its headers, read by ranges), its gzip copy, a copy cut
-    short and a copy with a torn header (streamed): every member row, its bytes and the count are the expansion's."""
+    short and a copy with a torn header (streamed): every member row, its bytes and the count are the expansion's,
+    whether the driver's processes index the shards or Spark tasks do (more shards than DRIVER_INDEX_MAX_SHARDS)."""
     import gzip
+
+    from pipelines.sources import tar as tar_mod
+
+    if indexed_by == "tasks":
+        monkeypatch.setattr(tar_mod, "DRIVER_INDEX_MAX_SHARDS", 0)
 
     from pipelines.config import PreprocessConfig
     from pipelines.sources import classify, load_sources
