@@ -46,6 +46,7 @@ DEFAULT_NEAR_DISTANCE = 12     # pHash (64-bit) candidate radius D, bits: true p
 _VIEWS = 1 + len(CROPS)     # vectors per signature: the whole image, then one per crop
 _DIM = GRID * GRID
 SIGNATURE_BYTES = _VIEWS * _DIM * 2  # float16
+SIGNATURE_SHAPE = (_VIEWS, _DIM)     # a signature's float16 values, as `unpack` shapes them
 _FLAT = 1e-6                # a grid whose centred norm is below this (grey levels) is flat: zero vector
 
 # A corner watermark: the largest corner rectangle (cells of the whole grid) whose pixels a pair may

@@ -26,10 +26,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines import similarity
-from pipelines.dedup.candidates import _popcount
+from pipelines.dedup.candidates import _popcount, band_widths, choose_bands, masks_within
 from pipelines.dedup.common import DUPLICATES_COLUMNS, LOSSY_FORMATS, DedupConfig, VerifyMode
+from pipelines.dedup.verify import SIGNATURE_SCHEMA, _signature_batches
 from schemas.images import DuplicateKind
-from schemas.pixels import decode_pixels
 
 COMPACT_COLUMNS = ["source_uri", "sha256", "pixels_sha256", "phash", "orig_width", "orig_height", "orig_format", "file_size"]
 PIXEL_COLUMNS = ["source_uri", "width", "height", "channels", "pixel_encoding", "pixels"]
@@ -76,37 +76,57 @@ def exact_groups(ranked: pd.DataFrame) -> np.ndarray:
     return grp_of_rep.reindex(sha_rep).to_numpy()
 
 
-def _band_edges(distance: int) -> list[tuple[int, int]]:
-    """(offset, width) of distance + 1 bands covering the 64 bits, widths differing by at most one."""
-    bands = distance + 1
-    widths = [64 // bands + (1 if i < 64 % bands else 0) for i in range(bands)]
-    offsets = np.cumsum([0] + widths[:-1]).tolist()
-    return list(zip(offsets, widths))
+_QUERY_CHUNK = 1 << 16  # query hashes looked up per numpy step
 
 
-def near_pairs(hashes: np.ndarray, query: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair (i < j) of `hashes` (uint64) within Hamming `distance` where query[i] or query[j]; -> (i, j, d)."""
+def near_pairs(hashes: np.ndarray, query: np.ndarray, distance: int,
+               bands: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i < j) of `hashes` (uint64) within Hamming `distance` where query[i] or query[j]; -> (i, j, d).
+
+    Multi-index hashing (Norouzi et al. 2012), exact: the 64 bits are cut into m bands (candidates.choose_bands'
+    cost model picks m from N and D unless `bands` is given); a pair within D differs in at most r = D // m bits of
+    some band (pigeonhole), so each query hash looks up, per band, every key within r bits of its own (the masks of
+    weight <= r) in that band's sorted keys. m = D + 1 (r = 0) compares whole buckets of 2^(64/m) keys, which grows
+    as N^2 / 2^(64/m) (at N = 100k and D = 8, 9 bands of 7 bits: 350M comparisons); m = 3, r = 2 keeps 21-bit
+    buckets nearly empty at that N for 232 lookups a hash. The result does not depend on m (tested)."""
     n = len(hashes)
+    if n == 0 or distance < 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.int32)
+    queries = np.flatnonzero(query)
+    m = bands or choose_bands(max(len(queries), 1), n, distance)[0]
+    radius = distance // m
     found: list[np.ndarray] = []
-    for offset, width in _band_edges(distance):
+    offset = 0
+    for width in band_widths(m):
         key = (hashes >> np.uint64(offset)) & np.uint64((1 << width) - 1)
+        offset += width
         order = np.argsort(key, kind="stable")
         skey = key[order]
         starts = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]])
-        run_end = np.repeat(np.r_[starts[1:], n], np.diff(np.r_[starts, n]))  # end of each position's run
-        pos = np.arange(n)
-        k = 1
-        while True:  # pairs (p, p + k) inside a run, for k = 1, 2, ... until no run is longer than k
-            pos = pos[run_end[pos] - pos > k]
-            if not len(pos):
-                break
-            for chunk in range(0, len(pos), _PAIR_CHUNK):
-                p = pos[chunk:chunk + _PAIR_CHUNK]
-                a, b = order[p], order[p + k]
-                i, j = np.minimum(a, b), np.maximum(a, b)
-                keep = (query[i] | query[j]) & (_popcount(hashes[i] ^ hashes[j]) <= distance)
-                found.append(i[keep].astype(np.int64) * n + j[keep])
-            k += 1
+        run_end = np.repeat(np.r_[starts[1:], n], np.diff(np.r_[starts, n]))  # end of each sorted position's run
+        for mask in masks_within(width, radius):
+            for chunk in range(0, len(queries), _QUERY_CHUNK):
+                qi = queries[chunk:chunk + _QUERY_CHUNK]
+                wanted = key[qi] ^ np.uint64(mask)
+                lo = np.searchsorted(skey, wanted)
+                hit = lo < n
+                hit[hit] = skey[lo[hit]] == wanted[hit]
+                qi, lo = qi[hit], lo[hit]
+                counts = run_end[lo] - lo
+                if not len(counts):
+                    continue
+                # every (query, sorted position) pair of the matched runs, about _PAIR_CHUNK pairs at a time (a hot
+                # bucket, e.g. many flat images sharing a band value, would otherwise expand all at once)
+                cum = np.cumsum(counts)
+                cuts = np.unique(np.r_[0, np.searchsorted(cum, np.arange(_PAIR_CHUNK, int(cum[-1]), _PAIR_CHUNK)), len(qi)])
+                for s0, s1 in zip(cuts[:-1], cuts[1:]):
+                    c, base = counts[s0:s1], lo[s0:s1]
+                    first = np.repeat(base - np.cumsum(c) + c, c) + np.arange(int(c.sum()))
+                    i, j = np.repeat(qi[s0:s1], c), order[first]
+                    a, b = np.minimum(i, j), np.maximum(i, j)
+                    keep = (a != b) & (_popcount(hashes[a] ^ hashes[b]) <= distance)
+                    found.append(a[keep].astype(np.int64) * n + b[keep])
     if not found:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.int32)
@@ -115,19 +135,29 @@ def near_pairs(hashes: np.ndarray, query: np.ndarray, distance: int) -> tuple[np
     return i, j, _popcount(hashes[i] ^ hashes[j]).astype(np.int32)
 
 
-def _signatures_by_uri(spark: SparkSession, images: DataFrame, previous: DataFrame | None, uris: list[str]) -> dict[str, bytes]:
-    """Pixel signatures of the named images (this run's or earlier runs'): one Spark job, the pixels of only these."""
-    wanted = F.broadcast(spark.createDataFrame(pd.DataFrame({"source_uri": uris}), "source_uri string"))
+def _signature_array(spark: SparkSession, images: DataFrame, previous: DataFrame | None,
+                     uris: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(packed, which): the float16 pixel signatures of the named images (this run's or earlier runs'), packed[p] the
+    one of uris[which[p]], as (len(uris), views, dim). One Spark job computes them where the pixels are
+    (verify._signature_batches, on every core) and only the signatures come back, 6 KB an image, viewed in place in
+    Arrow's buffer: the driver never holds the pixels nor a float32 copy of them all (collecting the pixels and
+    unpacking every signature made the driver 1.5 GB at 100k images)."""
+    wanted = F.broadcast(spark.createDataFrame(pd.DataFrame({"source_uri": uris, "id": np.arange(len(uris), dtype=np.int64)}),
+                                               "source_uri string, id long"))
     px = images.select(*PIXEL_COLUMNS)
     if previous is not None:
         px = px.unionByName(previous.select(*PIXEL_COLUMNS))
-    out: dict[str, bytes] = {}
-    for batch in px.join(wanted, "source_uri", "left_semi").toArrow().to_batches():
-        c = batch.to_pydict()
-        arrays = [decode_pixels(p, h, w, ch, e) for p, w, h, ch, e in
-                  zip(c["pixels"], c["width"], c["height"], c["channels"], c["pixel_encoding"])]
-        out.update(zip(c["source_uri"], similarity.signatures(arrays)))
-    return out
+    cols = ["id", "width", "height", "channels", "pixel_encoding", "pixels"]
+    table = px.join(wanted, "source_uri").select(*cols).mapInArrow(_signature_batches, SIGNATURE_SCHEMA).toArrow()
+    if table.num_rows != len(uris):
+        raise ValueError(f"pixels of {len(uris)} candidate images asked for, {table.num_rows} found")
+    sigs = table.column("signature").combine_chunks()
+    offsets = np.frombuffer(sigs.buffers()[1], np.int32, count=len(sigs) + 1, offset=sigs.offset * 4)
+    if not (np.diff(offsets) == similarity.SIGNATURE_BYTES).all():
+        raise ValueError("pixel signatures of unexpected size")
+    packed = np.frombuffer(sigs.buffers()[2], np.float16, count=len(sigs) * similarity.SIGNATURE_BYTES // 2,
+                           offset=int(offsets[0])).reshape(len(sigs), *similarity.SIGNATURE_SHAPE)
+    return packed, table.column("id").to_numpy()
 
 
 def greedy_keep(n_nodes: int, a: np.ndarray, b: np.ndarray, verified) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,13 +209,14 @@ def deduplicate_on_driver(spark: SparkSession, images: DataFrame, previous: Data
     if config.verify is VerifyMode.PIXELS and len(a):
         uris = ranked["source_uri"].to_numpy()[node]
         ends = np.unique(np.r_[a, b])
-        by_uri = _signatures_by_uri(spark, images, previous, uris[ends].tolist())
+        sig, which = _signature_array(spark, images, previous, uris[ends].tolist())  # (ends, views, dim) float16
         row_of = np.full(len(node), -1, np.int64)
-        row_of[ends] = np.arange(len(ends))
-        sig = similarity.unpack([by_uri[u] for u in uris[ends]])  # (ends, views, dim) float32, unpacked once
+        row_of[ends[which]] = np.arange(len(which))
 
         def verified(v: int, us: np.ndarray) -> tuple[int, float]:
-            scores = similarity.similarities_unpacked(sig[row_of[v]][None], sig[row_of[us]])
+            # float16 -> float32 per lookup: the values similarity.unpack would give, for these rows only
+            scores = similarity.similarities_unpacked(sig[row_of[v]][None].astype(np.float32),
+                                                      sig[row_of[us]].astype(np.float32))
             ok = np.flatnonzero(scores >= config.min_similarity)
             return (int(ok[0]), float(scores[ok[0]])) if len(ok) else (-1, float("nan"))
     else:

@@ -6,6 +6,7 @@ import pytest
 
 from pipelines.dedup import DedupConfig, deduplicate
 from pipelines.dedup import driver as dedup_local
+from pipelines.dedup.candidates import ball_size
 from tests.pipelines.test_dedup import IMG_DDL, brute_pairs, flip, image_rows, planted_hashes
 from tests.pipelines.test_dedup_photos import IMG_DDL as PHOTO_DDL
 from tests.pipelines.test_dedup_photos import rows as photo_rows  # noqa: F401  (module fixture)
@@ -17,6 +18,19 @@ def test_near_pairs_equal_brute_force(distance, seed):
     query = np.ones(len(h), bool)
     i, j, d = dedup_local.near_pairs(h.view(np.uint64), query, distance)
     assert {(int(a), int(b), int(c)) for a, b, c in zip(i, j, d)} == brute_pairs(h, distance)
+
+
+@pytest.mark.parametrize("distance,seed", [(4, 4), (8, 5), (12, 6)])
+def test_near_pairs_do_not_depend_on_the_band_count(distance, seed):
+    """Every band count m in 1..D+1 (radius D // m) finds exactly the brute-force pairs, a mixed query set included."""
+    h = planted_hashes(600, distance, seed)
+    query = np.random.default_rng(seed).random(len(h)) < 0.7
+    want = {p for p in brute_pairs(h, distance) if query[p[0]] or query[p[1]]}
+    for bands in sorted({1, 2, 3, 4, distance + 1}):
+        if ball_size(64 // bands + 1, distance // bands) > 5000:  # e.g. m = 1, r = 8: C(64, <=8) lookups a hash
+            continue
+        i, j, d = dedup_local.near_pairs(h.view(np.uint64), query, distance, bands=bands)
+        assert {(int(a), int(b), int(c)) for a, b, c in zip(i, j, d)} == want, bands
 
 
 def test_near_pairs_skip_pairs_of_two_index_rows():
@@ -61,3 +75,12 @@ def test_driver_equals_distributed_with_previous_runs(spark):
     distributed = _decisions(*deduplicate(spark, images, previous, DedupConfig(**cfg, driver_max_rows=0)))
     assert on_driver == distributed
     assert {k for _, _, k, _, _ in on_driver[1]} == {"exact", "near"}
+
+
+def test_near_pairs_expand_a_hot_bucket_in_bounded_steps(monkeypatch):
+    """Many hashes sharing every band value (flat images): the pairs are found in steps of _PAIR_CHUNK, all of them."""
+    monkeypatch.setattr(dedup_local, "_PAIR_CHUNK", 1000)
+    h = np.zeros(300, dtype=np.int64)
+    h[150:] = -1  # two buckets of 150 equal hashes
+    i, j, d = dedup_local.near_pairs(h.view(np.uint64), np.ones(300, bool), 2)
+    assert len(i) == 2 * 150 * 149 // 2 and not d.any()
