@@ -143,7 +143,7 @@ def software_versions() -> dict[str, str]:
 class Progress:
     """What the user sees while a job runs: the stage, and during decode images counted, images/s and an ETA.
 
-    Staged images are counted by a Spark accumulator the decode tasks add to (it reaches the driver as each task
+    Decoded images are counted by a Spark accumulator the decode tasks add to (it reaches the driver as each task
     ends, so the count moves task by task). At a terminal the count is a tqdm bar; elsewhere (logs, nightly, CI)
     a plain timestamped line every `interval` seconds. Each stage boundary is also where a Ctrl-C or SIGTERM
     is honoured (pipelines/interrupt.py)."""
