@@ -211,19 +211,13 @@ def index_shard(uri: str, max_bytes: int) -> tuple[list[tuple], int, int, bool]:
 
 
 def _index_shards(batches: Iterator[pa.RecordBatch], max_bytes: int) -> Iterator[pa.RecordBatch]:
+    names = INDEX_ARROW.names
     for batch in batches:
         for uri in batch.column("shard").to_pylist():
             rows, inputs, sidecars, streamed = index_shard(uri, max_bytes)
-            table = {f.name: [] for f in INDEX_ARROW}
-            for shard, member_uri, rel, offset, length, error in rows:
-                for k, v in (("shard", shard), ("member_uri", member_uri), ("rel_path", rel), ("offset", offset),
-                             ("length", length), ("source_error", error), ("streamed", None), ("members", None),
-                             ("sidecars", None)):
-                    table[k].append(v)
-            for k, v in (("shard", uri), ("member_uri", None), ("rel_path", None), ("offset", None), ("length", None),
-                         ("source_error", None), ("streamed", streamed), ("members", inputs), ("sidecars", sidecars)):
-                table[k].append(v)
-            yield pa.RecordBatch.from_pydict(table, schema=INDEX_ARROW)
+            records = [dict(zip(names, (*row, None, None, None))) for row in rows]
+            records.append(dict(zip(names, (uri, None, None, None, None, None, streamed, inputs, sidecars))))
+            yield pa.RecordBatch.from_pylist(records, schema=INDEX_ARROW)
 
 
 def _read_ranges(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
