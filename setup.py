@@ -11,6 +11,7 @@ setup(
     description="Spark image preprocessing to Parquet and distributed GAN/VAE training",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["pipelines*", "training*", "schemas*", "jobs*"]),
+    package_data={"jobs": ["templates/*.html"]},  # the report's Jinja2 templates (jobs/report.py)
     install_requires=[
         "pyspark>=4.0,<4.1",
         "pyarrow==14.0.2",
@@ -22,6 +23,7 @@ setup(
         "torch==2.13.*",
         "pyyaml",
         "tensorboard",
+        "jinja2",
     ],
     extras_require={
         "horovod": ["horovod==0.28.1"],  # built from source by scripts/setup.sh (C++17 fix)

@@ -21,6 +21,9 @@ resumes; `--external-preprocess` makes step 1 adopt the dataset runs that a `spa
 Safe to rerun: a finished date does nothing; a failed date resumes at the failed step (the steps before it are not
 repeated; training resumes from its own checkpoints). One night at a time: ROOT/_lock (pipelines/lock.py, a dead
 holder's lock is taken over). A failure at any step leaves the promoted model untouched, exits 1 and names the step.
+Ctrl-C or SIGTERM stops the night at its step (preprocess and train stop as they do on their own, train with a
+checkpoint at its step; a launcher child gets the signal once, from the night), records the step as interrupted,
+releases the lock and exits 128 + signal; the same command resumes at that step.
 
 Configuration: NightlyConfig defaults < --config YAML < flags. The YAML holds NightlyConfig keys plus two optional
 mappings, `preprocess:` (PreprocessConfig keys) and `train:` (TrainConfig keys), checked strictly before anything
@@ -35,8 +38,10 @@ import enum
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -108,6 +113,79 @@ class NightlyConfig:
         return self.date or dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
+class NightInterrupted(BaseException):
+    """SIGINT or SIGTERM stopped the night during `step`. A BaseException, like KeyboardInterrupt: a step's own
+    failure handling must not record it as a failure."""
+
+    def __init__(self, signum: int, step: str):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} during {step}")
+        self.signum, self.step = signum, step
+
+
+class _Stop:
+    """The night's SIGINT/SIGTERM handler (main thread only). A signal is remembered and passed to the launcher
+    child, which runs in a session of its own so that it gets each signal once, from us, whether the terminal's
+    process group or only our pid (a scheduler's SIGTERM) was signalled. Steps that run a job in this process
+    (preprocess, train) hand the signal to that job's own handler; evaluate, which writes nothing the night keeps,
+    stops at once; promote (two short ordered writes) finishes. The night stops at the next step boundary; a second
+    signal stops at once."""
+
+    IMMEDIATE = frozenset({"evaluate"})
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.step = "start-up"
+        self.child: subprocess.Popen | None = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old.setdefault(sig, signal.getsignal(sig))
+                signal.signal(sig, self._on_signal)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def enter(self, step: str) -> None:
+        """A step boundary: stop here if a signal came, else remember the step."""
+        self.check()
+        self.step = step
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise NightInterrupted(self.signum, self.step)
+
+    def exited(self, rc: int, what: str) -> None:
+        """A job's exit code: 0 passes; 128 + SIGINT/SIGTERM (or death by one), or any failure after the night
+        passed a signal on (torchrun's agent exits 1 once it stopped its ranks), is this step interrupted; any other
+        is the step's failure."""
+        if rc == 0:
+            return
+        if self.signum is not None:
+            raise NightInterrupted(self.signum, self.step)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if rc in (128 + sig, -sig):
+                raise NightInterrupted(self.signum or sig, self.step)
+        raise RuntimeError(f"{what} exited {rc} (its message is above)")
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        first, self.signum = self.signum is None, self.signum or signum
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signum)
+        elif not first or self.step in self.IMMEDIATE:
+            raise NightInterrupted(self.signum, self.step)
+
+
+# Run before the launcher's exec, in the child: SIGTERM when the night's process dies (PR_SET_PDEATHSIG, kept across
+# exec), so that a SIGKILL to the night or to its process group still stops a child that runs in a session of its
+# own. A separate exec step rather than preexec_fn, which is unsafe in a process with threads (Spark's, torch's).
+_DIE_WITH_PARENT = [sys.executable, "-c", "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 15); "
+                    "os.getppid() == int(sys.argv[1]) or sys.exit(143); os.execvp(sys.argv[2], sys.argv[2:])"]
+
+
 class NightlyStepError(RuntimeError):
     def __init__(self, step: str, cause: str):
         super().__init__(f"step {step!r} failed: {cause}")
@@ -120,6 +198,7 @@ class _Night:
     preprocess: dict[str, Any]   # PreprocessConfig keys from the YAML
     train: dict[str, Any]        # TrainConfig keys from the YAML
     log: Callable[[str], None]
+    stop: _Stop = dataclasses.field(default_factory=_Stop)
 
     @property
     def root(self) -> Path:
@@ -160,9 +239,11 @@ def step_preprocess(n: _Night, state: dict[str, Any]) -> dict[str, Any]:
     values = {"resolution": 32, "labels": "dirs", **n.preprocess, "incremental": True, "overwrite": False}
     yaml_path = n.dir / "preprocess.yaml"
     _write_yaml(yaml_path, values)
-    rc = preprocess_cli.main([n.cfg.input, "--output", str(n.dataset), "--config", str(yaml_path), "--master", n.cfg.master])
-    if rc != 0:
-        raise RuntimeError(f"imagegen preprocess exited {rc} (its message is above)")
+    try:
+        rc = preprocess_cli.main([n.cfg.input, "--output", str(n.dataset), "--config", str(yaml_path), "--master", n.cfg.master])
+    finally:
+        n.stop.install()  # preprocess handled signals itself while it ran, and put the defaults back
+    n.stop.exited(rc, "imagegen preprocess")
     m = Manifest.read(str(n.dataset))
     new = int(m.runs[-1]["counts"]["written"]) if m.run_id != before else 0
     return {"new_images": new, "manifest_id": m.manifest_id, "dataset_rows": m.rows("images"), "classes": len(m.classes),
@@ -214,9 +295,13 @@ def step_train(n: _Night, state: dict[str, Any]) -> dict[str, Any]:
                   [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", np_, "-m", "jobs.train"])
         if n.cfg.launcher == Launcher.HOROVODRUN:
             prefix[0] = str(Path(sys.executable).with_name("horovodrun"))
-        rc = subprocess.run([*prefix, "--config", str(yaml_path)], cwd=Path(__file__).resolve().parents[1]).returncode
-    if rc != 0:
-        raise RuntimeError(f"imagegen train exited {rc} (its message is above)")
+        n.stop.child = subprocess.Popen([*_DIE_WITH_PARENT, str(os.getpid()), *prefix, "--config", str(yaml_path)],
+                                        cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+        try:
+            rc = n.stop.child.wait()
+        finally:
+            n.stop.child = None
+    n.stop.exited(rc, "imagegen train")
     found = checkpoint.find_latest_valid(run_dir)
     if found is None:
         raise RuntimeError(f"training ended without a checkpoint in {run_dir}")
@@ -340,57 +425,74 @@ def _summary(state: dict[str, Any]) -> str:
 
 def run_nightly(cfg: NightlyConfig, preprocess: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume, or skip) one night; returns its state. Raises NightlyStepError naming the failed step."""
-    from jobs.registry import Registry, write_json_atomic
+    """Run (or resume, or skip) one night; returns its state. Raises NightlyStepError naming the failed step, or
+    NightInterrupted naming the step a SIGINT/SIGTERM stopped."""
     from pipelines.fs import FileSystem
     from pipelines.lock import dataset_lock
 
     n = _Night(cfg, dict(preprocess or {}), dict(train or {}), log)
     n.root.mkdir(parents=True, exist_ok=True)
-    with dataset_lock(FileSystem(None), str(n.root / "_lock"), log):  # local root: no Spark needed for the lock
-        n.dir.mkdir(parents=True, exist_ok=True)
-        state_path = n.dir / "state.json"
-        state = json.loads(state_path.read_text()) if state_path.exists() else {"date": cfg.night, "steps": {}}
-        if state.get("status") == "done":
-            log(f"imagegen nightly: {cfg.night} is already done ({n.dir / 'summary.txt'}); nothing to do")
-            return state
-        resumed = [s for s in STEPS if state["steps"].get(s, {}).get("status") in ("done", "skipped")]
-        if resumed:
-            log(f"imagegen nightly: resuming {cfg.night} after {', '.join(resumed)}")
-        state |= {"status": "running", "input": cfg.input, "config": {k: (v.value if isinstance(v, enum.Enum) else v)
-                                                                      for k, v in dataclasses.asdict(cfg).items()}}
-        try:
-            for step in STEPS:
-                if state["steps"].get(step, {}).get("status") in ("done", "skipped"):
-                    if step == cfg.until:
-                        break
-                    continue
-                log(f"imagegen nightly: {cfg.night} step {step}")
-                t0 = time.monotonic()
-                try:
-                    _fault(step)
-                    result = STEP_FUNCS[step](n, state)
-                except Exception as e:  # recorded, then raised as the night's one-line failure
-                    state["steps"][step] = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
-                    state["status"] = "failed"
-                    raise NightlyStepError(step, state["steps"][step]["error"]) from e
-                state["steps"][step] = {"status": "done", **result, "seconds": round(time.monotonic() - t0, 1)}
-                write_json_atomic(state_path, state)
+    n.stop.install()
+    try:
+        with dataset_lock(FileSystem(None), str(n.root / "_lock"), log):  # local root: no Spark needed for the lock
+            return _run_locked(n, cfg)
+    finally:
+        n.stop.restore()
+
+
+def _run_locked(n: _Night, cfg: NightlyConfig) -> dict[str, Any]:
+    """The night's steps, under its lock: each recorded in state.json as it ends."""
+    from jobs.registry import Registry, write_json_atomic
+
+    log = n.log
+    n.dir.mkdir(parents=True, exist_ok=True)
+    state_path = n.dir / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"date": cfg.night, "steps": {}}
+    if state.get("status") == "done":
+        log(f"imagegen nightly: {cfg.night} is already done ({n.dir / 'summary.txt'}); nothing to do")
+        return state
+    resumed = [s for s in STEPS if state["steps"].get(s, {}).get("status") in ("done", "skipped")]
+    if resumed:
+        log(f"imagegen nightly: resuming {cfg.night} after {', '.join(resumed)}")
+    state |= {"status": "running", "input": cfg.input, "config": {k: (v.value if isinstance(v, enum.Enum) else v)
+                                                                  for k, v in dataclasses.asdict(cfg).items()}}
+    try:
+        for step in STEPS:
+            if state["steps"].get(step, {}).get("status") in ("done", "skipped"):
                 if step == cfg.until:
                     break
-            state["status"] = "done" if all(step in state["steps"] for step in STEPS) else f"stopped after {cfg.until}"
-            if cfg.mlflow_uri and state["status"] == "done":
-                from jobs import tracking
-
-                state["mlflow"] = tracking.log_night(cfg.mlflow_uri, state, n.dir, log)
-        finally:
-            state["current"] = Registry.at(n.root).current()
-            state["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                continue
+            n.stop.enter(step)
+            log(f"imagegen nightly: {cfg.night} step {step}")
+            t0 = time.monotonic()
+            try:
+                _fault(step)
+                result = STEP_FUNCS[step](n, state)
+            except NightInterrupted as e:  # recorded; the rerun starts this step again
+                state["steps"][step] = {"status": "interrupted", "signal": signal.Signals(e.signum).name}
+                state["status"] = "interrupted"
+                raise
+            except Exception as e:  # recorded, then raised as the night's one-line failure
+                state["steps"][step] = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+                state["status"] = "failed"
+                raise NightlyStepError(step, state["steps"][step]["error"]) from e
+            state["steps"][step] = {"status": "done", **result, "seconds": round(time.monotonic() - t0, 1)}
             write_json_atomic(state_path, state)
-            write_json_atomic(n.dir / "record.json", state)
-            (n.dir / "summary.txt").write_text(_summary(state) + "\n")
-        log(_summary(state))
-        return state
+            if step == cfg.until:
+                break
+        state["status"] = "done" if all(step in state["steps"] for step in STEPS) else f"stopped after {cfg.until}"
+        if cfg.mlflow_uri and state["status"] == "done":
+            from jobs import tracking
+
+            state["mlflow"] = tracking.log_night(cfg.mlflow_uri, state, n.dir, log)
+    finally:
+        state["current"] = Registry.at(n.root).current()
+        state["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(state_path, state)
+        write_json_atomic(n.dir / "record.json", state)
+        (n.dir / "summary.txt").write_text(_summary(state) + "\n")
+    log(_summary(state))
+    return state
 
 
 # ----------------------------------------------------------------------------- command line
@@ -453,13 +555,13 @@ def main(argv: list[str]) -> int:
     except LockedError as e:
         print(f"imagegen nightly: {e}", file=sys.stderr)
         return 3
-    except NightlyStepError as e:
+    except (NightlyStepError, NightInterrupted) as e:
         from jobs.registry import Registry
 
         current = Registry.at(cfg.root).current()
-        print(f"imagegen nightly: {cfg.night}: {e}; the promoted model is unchanged ({current or 'none'}); "
-              f"rerun the same command to resume at {e.step!r}", file=sys.stderr)
-        return 1
+        print(f"imagegen nightly: {cfg.night}: {e}; the promoted model is {current or 'none'}; "
+              f"rerun the same command to resume at {e.step!r}", file=sys.stderr, flush=True)
+        return 128 + e.signum if isinstance(e, NightInterrupted) else 1
     _say_made_where_next(cfg, state)
     return 0
 

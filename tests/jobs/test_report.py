@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,144 @@ def test_not_a_dataset_or_run_is_one_line(tmp_path: Path, capsys) -> None:
     assert report.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("imagegen report: ") and "expected manifest.json" in err and "x.txt" in err and "\n" not in err
+
+
+# ----------------------------------------------------------------------------- user strings, alt text, templates
+HOSTILE = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "&amp;")
+SCRIPT, ATTR, AMP = HOSTILE
+NAME = f"{ATTR}.png"  # a file name the filesystem allows: no "/"
+
+
+def _image_row(uri: str, label: str | None, shade: int) -> dict:
+    """One images/ row of an 8 px RGB image of one shade (raw pixels)."""
+    return {"image_id": f"{shade:032x}", "source_uri": uri, "sha256": f"{shade:064x}", "pixels_sha256": f"{shade:064x}",
+            "phash": shade, "label": label, "label_index": None, "orig_width": 8, "orig_height": 8, "orig_format": "PNG",
+            "orig_mode": "RGB", "file_size": 100, "width": 8, "height": 8, "channels": 3, "pixel_encoding": "raw",
+            "pixels": bytes([shade]) * (8 * 8 * 3), "brightness": float(shade), "contrast": 0.0, "entropy": 0.0, "run_id": "r1"}
+
+
+def _write_table(root: Path, table: str, rows: list[dict], schema) -> list[dict]:
+    """rows -> root/<table>/run_id=r1/part-0.parquet -> the manifest's file list for it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    part = root / table / "run_id=r1"
+    part.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema).drop(["run_id"]), part / "part-0.parquet")
+    return [{"path": f"{table}/run_id=r1/part-0.parquet", "rows": len(rows)}]
+
+
+def _hostile_dataset(parent: Path) -> Path:
+    """A dataset written straight with pyarrow whose folder name, file names, labels, reject detail and
+    preprocess config hold markup; one image unlabelled (file name plain-0001.png), one dropped duplicate."""
+    from schemas import (
+        DUPLICATES_ARROW,
+        IMAGES_ARROW,
+        REJECTS_ARROW,
+        SCHEMA_VERSION,
+        Manifest,
+    )
+
+    root = parent / ATTR
+    kept = f"file:/data/{AMP}/{NAME}"
+    images = [_image_row(kept, SCRIPT, 40), _image_row(f"file:/data/{SCRIPT}/b.png", AMP, 120),
+              _image_row(f"file:/data/u/{NAME}", None, 200), _image_row("file:/data/u/plain-0001.png", None, 90)]
+    rejects = [{"source_uri": f"file:/data/{SCRIPT}.jpg", "reason": "truncated", "detail": " ".join(HOSTILE), "run_id": "r1"}]
+    dups = [{"source_uri": f"file:/data/copies/{NAME}", "kept_source_uri": kept, "kind": "near", "distance": 3,
+             "similarity": 0.95, "run_id": "r1"}]
+    files = {"images": _write_table(root, "images", images, IMAGES_ARROW),
+             "rejects": _write_table(root, "rejects", rejects, REJECTS_ARROW),
+             "duplicates": _write_table(root, "duplicates", dups, DUPLICATES_ARROW)}
+    (root / "manifest.json").write_text(Manifest(
+        schema_version=SCHEMA_VERSION, run_id="r1", resolution=8, channels=3, pixel_encoding="raw", classes=[SCRIPT, AMP],
+        counts={"inputs": 6, "written": 4, "rejected": {"truncated": 1}, "duplicates": {"near": 1}},
+        label_counts={SCRIPT: 1, AMP: 1}, pixel_mean=[0.4] * 3, pixel_std=[0.2] * 3,
+        config={"labels_path": SCRIPT, "note": ATTR, "nested": {"amp": AMP}}, input_fingerprint="x",
+        timings={"decode": 1.5}, versions={}, files=files).to_json())
+    return root
+
+
+def _hostile_run(parent: Path) -> Path:
+    """A training run whose folder, config strings, metric keys, evaluation file, metric names, extractor,
+    checkpoint and sample grid names hold markup."""
+    run = parent / f"{ATTR}-run"
+    (run / "samples").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / f"{AMP}.pt").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"model": SCRIPT, "data": ATTR, "nested": {"amp": AMP}, "steps": 4}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, SCRIPT: 0.5 * s}) + "\n" for s in (1, 2, 3, 4)))
+    (run / f"{ATTR}.metrics.json").write_text(json.dumps(
+        {"step": 4, "extractor": {"kind": SCRIPT}, "metrics": {ATTR: {"value": 2.0, "real_floor": 1.0}}}))
+    for name in ("samples-0002.png", f"samples-0004{ATTR}.png"):
+        Image.new("RGB", (16, 16), (30, 90, 150)).save(run / "samples" / name)
+    return run
+
+
+class _Page(HTMLParser):
+    """Tags, attributes and text of a page, entities decoded."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.strings: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        self.strings += [v for _, v in attrs if v]
+
+    def handle_data(self, data: str) -> None:
+        self.strings.append(data)
+
+
+def test_no_user_string_reaches_the_page_unescaped(tmp_path: Path) -> None:
+    from markupsafe import escape
+
+    cfg = report.ReportConfig(path=str(tmp_path))
+    pages = {"dataset": report.dataset_report(_hostile_dataset(tmp_path), cfg), "run": report.run_report(_hostile_run(tmp_path), cfg)}
+    for kind, text in pages.items():
+        for s in (SCRIPT, ATTR):
+            assert s not in text, (kind, s)
+        for s in HOSTILE:
+            assert str(escape(s)) in text, (kind, s)
+        page = _Page(text)
+        assert [t for t, _ in page.tags].count("script") == 1, kind  # the page's own check, nothing else
+        assert not [a for _, attrs in page.tags for a in attrs if a.startswith("on")], kind
+        assert all(attrs["src"].startswith("data:image/png;base64,") for t, attrs in page.tags if t == "img"), kind
+        shown = "\n".join(page.strings)
+        for s in HOSTILE:  # shown as text, as written
+            assert s in shown, (kind, s)
+    sections = {"dataset": {"counts": SCRIPT, "rejects": SCRIPT, "labels": SCRIPT, "grid": SCRIPT, "duplicates": ATTR},
+                "run": {"summary": SCRIPT, "evaluations": ATTR, "samples": ATTR, "config": SCRIPT}}
+    for kind, where in sections.items():  # each section that shows a user string shows it escaped
+        for anchor, s in where.items():
+            assert str(escape(s)) in _section(pages[kind], anchor), (kind, anchor)
+
+
+def _section(text: str, anchor: str) -> str:
+    """The HTML of the page's <section id="anchor">."""
+    return text.split(f'id="{anchor}"')[1].split("</section>")[0]
+
+
+def test_unlabelled_images_get_their_file_name_as_alt(tmp_path: Path) -> None:
+    from markupsafe import escape
+
+    text = report.dataset_report(_hostile_dataset(tmp_path), report.ReportConfig(path=str(tmp_path)))
+    grid = _section(text, "grid")
+    alts = [attrs["alt"] for t, attrs in _Page(grid).tags if t == "img"]
+    assert sorted(alts) == sorted([SCRIPT, AMP, NAME, "plain-0001.png"])  # the label, or the file name
+    assert 'alt="None"' not in text and f'alt="{escape(NAME)}"' in grid
+
+
+def test_templates_load_from_the_package() -> None:
+    from jinja2 import PackageLoader
+
+    import jobs
+
+    env = report._environment()
+    assert isinstance(env.loader, PackageLoader) and env.autoescape
+    names = env.list_templates()
+    shipped = sorted(p.name for p in (Path(jobs.__file__).parent / "templates").glob("*.html"))
+    assert names == shipped and {"base.html", "dataset.html", "run.html", "macros.html"} <= set(names)
+    for name in names:
+        env.get_template(name)  # parses

@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM sent to `imagegen train`'s process group mid-run, as a terminal or a scheduler does (13/14):
+"""Ctrl-C and SIGTERM sent to `imagegen train`'s process group mid-run, as a terminal or a scheduler does (13/14), with
+one process, under `torchrun --nproc_per_node 2` and under `horovodrun -np 2`:
 the step finishes, a checkpoint is written at that step, one line says where and how to resume, the exit code is
 128 + signal, no process of the run survives, and `--resume auto` continues from the step it stopped at."""
 from __future__ import annotations
@@ -30,10 +31,18 @@ def digits(tmp_path_factory) -> Path:
 
 def _command(launcher: str, data: Path, run: Path, *extra: str) -> list[str]:
     train = ["--data", str(data), "--run-dir", str(run), *ARGS, *extra]
+    bin_ = Path(sys.executable).parent
+    if launcher == "horovodrun":
+        return [str(bin_ / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", str(bin_ / "imagegen"), "train", *train]
     if launcher == "torchrun":
-        return [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        return [str(bin_ / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                 "--master_port", str(_free_port()), "-m", "jobs.train", *train]
     return [sys.executable, "-m", "jobs.train", *train]
+
+
+def _unprefixed(line: str) -> str:
+    """A rank's line without horovodrun's `[rank]<stderr>:` prefix."""
+    return line.split("<stderr>:", 1)[1] if line.startswith("[") and "<stderr>:" in line else line
 
 
 def _steps(run: Path) -> list[int]:
@@ -41,7 +50,7 @@ def _steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
 
 
-@pytest.mark.parametrize("launcher", ["single", "torchrun"])
+@pytest.mark.parametrize("launcher", ["single", "torchrun", "horovodrun"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_mid_run_checkpoints_that_step_and_resume_continues_from_it(launcher, sig, digits, tmp_path):
     run = tmp_path / "run"
@@ -54,14 +63,16 @@ def test_a_signal_mid_run_checkpoints_that_step_and_resume_continues_from_it(lau
     assert proc.poll() is None, proc.communicate()
     os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=120)
-    lines = [line for line in err.splitlines() if line.startswith("imagegen train: interrupted")]
-    assert len(lines) == 1, err[-3000:]  # rank 0's line; the other ranks stop without one
-    if launcher == "torchrun":  # torchrun's agent reports the signal itself (its SignalException, exit 1)
-        assert proc.returncode != 0
-    else:
+    lines = [_unprefixed(line) for line in err.splitlines() if "imagegen train: interrupted" in line]
+    assert len(lines) == 1 and lines[0].startswith("imagegen train: interrupted"), err[-3000:]  # rank 0's line
+    if launcher == "single":
         assert proc.returncode == 128 + sig, (proc.returncode, out[-2000:], err[-3000:])
         assert "Traceback" not in err, err[-3000:]
-    assert f"by {sig.name} at step" in lines[0] and "--resume auto" in lines[0]
+        assert f"by {sig.name} at step" in lines[0]
+    else:  # the launcher reports the stop itself, non-zero, and passes it to the ranks as SIGTERM (horovodrun) or as is
+        assert proc.returncode != 0
+        assert f"by {sig.name} at step" in lines[0] or "by SIGTERM at step" in lines[0], lines
+    assert "--resume auto" in lines[0]
     stopped = int(lines[0].split(" at step ")[1].split(":")[0])
     latest = checkpoint.find_latest_valid(run)
     assert latest is not None and latest[1]["step"] == stopped, (latest and latest[0], lines)
