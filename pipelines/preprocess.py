@@ -141,12 +141,14 @@ def software_versions() -> dict[str, str]:
 
 
 class Progress:
-    """What the user sees while a job runs: the stage, and during decode images counted, images/s and an ETA.
+    """What the user sees while a job runs: the stage, and images counted, images/s and an ETA.
 
-    Decoded images are counted by a Spark accumulator the decode tasks add to (it reaches the driver as each task
-    ends, so the count moves task by task). At a terminal the count is a tqdm bar; elsewhere (logs, nightly, CI)
-    a plain timestamped line every `interval` seconds. Each stage boundary is also where a Ctrl-C or SIGTERM
-    is honoured (pipelines/interrupt.py)."""
+    Images listed are said once the listing ends. Decoded images are counted by a Spark accumulator the decode
+    tasks add to (it reaches the driver as each task ends, so the count moves task by task). Dedup and write have
+    no per-image hook: their count is estimated from the status tracker, the images of the stage times the share
+    of the running Spark stage's tasks that finished (shown with `~`), and each stage ends with its exact counts.
+    At a terminal the count is a tqdm bar; elsewhere (logs, nightly, CI) a plain timestamped line every
+    `interval` seconds. Each stage boundary is also where a Ctrl-C or SIGTERM is honoured (pipelines/interrupt.py)."""
 
     def __init__(self, spark: SparkSession, interval: float, stream=sys.stderr):
         self.tracker = spark.sparkContext.statusTracker()
@@ -179,8 +181,13 @@ class Progress:
         self.phase = phase
         self._line(phase + (f": {note}" if note else ""))
 
-    def count(self, what: str, accumulator: Any, total: int) -> None:
-        """Count `accumulator` against `total` images for the rest of this stage."""
+    def say(self, text: str) -> None:
+        """One line about the current stage (what it counted once it ended)."""
+        self._line(f"{self.phase}: {text}")
+
+    def count(self, what: str, accumulator: Any | None, total: int) -> None:
+        """Count `accumulator` against `total` images for the rest of this stage; with no accumulator, estimate the
+        count from the running Spark stage's finished tasks."""
         self.counted = (what, accumulator, total, time.monotonic())
         if _at_terminal(self.stream) and total > 0:
             from tqdm import tqdm
@@ -199,7 +206,7 @@ class Progress:
         while not self._stop.wait(tick):
             counted, bar = self.counted, self._bar
             if counted is not None and bar is not None:
-                bar.n = min(int(counted[1].value), counted[2])
+                bar.n = self._done(counted)
                 bar.refresh()
                 continue
             if time.monotonic() - last < self.interval:
@@ -210,16 +217,26 @@ class Progress:
     def _status(self, counted: tuple[str, Any, int, float] | None) -> str:
         if counted is not None:
             what, acc, total, started = counted
-            done = min(int(acc.value), total)
+            done = self._done(counted)
             rate = done / max(time.monotonic() - started, 1e-9)
             eta = f", ETA {(total - done) / rate:.0f}s" if 0 < done < total else ""
-            return f"{done:,} of {total:,} images {what} ({100 * done / max(total, 1):.0f}%), {rate:.0f} images/s{eta}"
-        parts = []
-        for sid in self.tracker.getActiveStageIds():
-            info = self.tracker.getStageInfo(sid)
-            if info is not None:
-                parts.append(f"{info.numCompletedTasks}/{info.numTasks} tasks")
+            about = "" if acc is not None else "~"
+            return (f"{about}{done:,} of {total:,} images {what} ({100 * done / max(total, 1):.0f}%), "
+                    f"{rate:.0f} images/s{eta}")
+        parts = [f"{done}/{n} tasks" for done, n in self._stages()]
         return "; ".join(parts) or "working"
+
+    def _stages(self) -> list[tuple[int, int]]:
+        """(finished, all) tasks of each running Spark stage."""
+        infos = (self.tracker.getStageInfo(sid) for sid in self.tracker.getActiveStageIds())
+        return [(i.numCompletedTasks, i.numTasks) for i in infos if i is not None]
+
+    def _done(self, counted: tuple[str, Any, int, float]) -> int:
+        _, acc, total, _ = counted
+        if acc is not None:
+            return min(int(acc.value), total)
+        finished, tasks = max(self._stages(), key=lambda st: st[1], default=(0, 1))  # the widest running stage
+        return int(total * finished / max(tasks, 1))
 
 
 def _at_terminal(stream) -> bool:
@@ -568,6 +585,7 @@ class _Stats:
     classes: list[str]
     label_counts: dict[str, int]
     unlabeled: int
+    written: int                  # images kept (to be written)
     channels: int
     totals: dict[str, int]        # exact integer channel sums behind pixel_mean/std
     label_report: dict[str, Any]
@@ -577,6 +595,7 @@ class _Stats:
 def _run(job: _Job, inputs: list[str], timings: dict[str, float], progress: Progress) -> Manifest | None:
     with _timed(timings, "list_inputs", progress):
         src = list_inputs(job, inputs)
+        progress.say(f"{src.count:,} inputs listed")
     if job.prior is not None:
         with _timed(timings, "skip_seen", progress):
             src = skip_seen(job, src)
@@ -591,13 +610,17 @@ def _run(job: _Job, inputs: list[str], timings: dict[str, float], progress: Prog
     kept, duplicates = images, None
     if job.cfg.dedup:
         with _timed(timings, "dedup", progress):
+            progress.count("deduplicated", None, decoded.valid)
             kept, duplicates = dedup(job, images, src.partitions, decoded.valid)
     with _timed(timings, "stats", progress):
         stats = compute_stats(job, src, decoded, kept)
     with _timed(timings, "write", progress):
+        progress.count("written", None, stats.written)
         write_tables(job, stats, kept, rejects if sum(decoded.rejected.values()) else None, duplicates)
     with _timed(timings, "verify", progress):
         counts, files = check_conservation(job, src, decoded, stats, with_duplicates=duplicates is not None)
+        progress.say(f"{counts['written']:,} images written, {sum(counts['rejected'].values()):,} rejected, "
+                     f"{sum(counts['duplicates'].values()):,} duplicates, of {src.count:,} inputs")
     _fault_point("staged")
     with _timed(timings, "commit", progress):
         commit(job)
@@ -720,7 +743,7 @@ def compute_stats(job: _Job, src: _Inputs, decoded: Staged, kept: DataFrame) -> 
     all_grey = all(r["grey"] == 1 for r in by_label)
     channels = _channels(cfg, prior, all_grey, written)
     totals = {c: sum(int(r[c] or 0) for r in by_label) for c in sums}
-    return _Stats(classes, label_counts, unlabeled, channels, totals,
+    return _Stats(classes, label_counts, unlabeled, written, channels, totals,
                   _label_report(cfg, src.resolver, kept, decoded.table, unlabeled), input_fingerprint(decoded, src.specs))
 
 

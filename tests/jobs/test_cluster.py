@@ -146,6 +146,9 @@ def test_spark_submit_gives_the_local_dataset(cluster, corpus, local_dataset, tm
     log = _finish(_submit(cluster, corpus.root, out, _free_port()))
     assert "Connected to Spark cluster with app ID" in log  # it ran on the standalone master, not local
     assert _dataset(out) == local_dataset
+    # progress counts images on a cluster too: the listing, and each stage's exact counts once it ends
+    assert f"list_inputs: {corpus.files:,} inputs listed" in log, log[-3000:]
+    assert f"verify: {corpus.images:,} images written, {corpus.bad:,} rejected, {corpus.duplicates:,} duplicates" in log
 
 
 def _app_id(ui_port: int, deadline: float) -> str:

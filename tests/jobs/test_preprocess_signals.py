@@ -152,6 +152,7 @@ def test_the_console_is_ours_progress_counts_images_and_sparks_log_goes_to_a_nam
     for chatter in SPARK_CHATTER:
         assert chatter not in console, f"{chatter!r} on the console:\n{console}"
     assert re.search(r"\d[\d,]* of 200 images decoded \(\d+%\), \d+ images/s", console), console
+    assert "list_inputs: 200 inputs listed" in console and "verify: 200 images written, 0 rejected, 0 duplicates, of 200 inputs" in console, console
     assert re.search(r"^\[preprocess \d\d:\d\d:\d\d ", done.stderr, re.M), done.stderr  # timestamped lines in a log
 
     made, where, nxt = [line for line in done.stdout.splitlines() if line.split(":")[0] in ("made", "where", "next")]
