@@ -24,14 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="imagegen evaluate", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint file, or RUN/ (its newest valid checkpoint)")
     p.add_argument("--data", required=True, help="preprocessed dataset root OUT (the real images)")
-    p.add_argument("--num-samples", dest="num_samples", type=int, default=10000, help="per set; capped at half the real pool")
+    p.add_argument("--num-samples", dest="num_samples", type=int, default=EvalConfig.num_samples,
+                   help="per set; capped so that both real sets and the domain network's rows fit in the pool")
     p.add_argument("--features", choices=[k.value for k in FeatureKind], default=FeatureKind.AUTO.value,
                    help=f"auto: inception when weights are given or at {DEFAULT_INCEPTION_WEIGHTS}, else the domain network")
     p.add_argument("--inception-weights", dest="inception_weights", default=None, help="local InceptionV3 weights (.pth)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=3, help="neighbours for precision / recall / coverage")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256)
-    p.add_argument("--max-real", dest="max_real", type=int, default=20000, help="real rows read into memory")
+    p.add_argument("--max-real", dest="max_real", type=int, default=EvalConfig.max_real, help="real rows read into memory")
+    p.add_argument("--extractor-fraction", dest="extractor_fraction", type=float, default=EvalConfig.extractor_fraction,
+                   help="share of the real pool, at least, that only trains the domain network (never a reference row)")
+    p.add_argument("--features-from", dest="features_from", default=None, metavar="DATASET",
+                   help="train the domain network on this dataset (same image size and classes) instead of a split")
     p.add_argument("--backend", choices=[b.value for b in Backend], default=Backend.AUTO.value)
     p.add_argument("--out", default=None, help="metrics JSON path (default RUN/<checkpoint stem>.metrics.json)")
     p.add_argument("--json", action="store_true", help="print the metrics JSON instead of the table")

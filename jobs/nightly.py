@@ -74,7 +74,7 @@ class NightlyConfig:
     min_new_images: int = 1                       # train only when the night's preprocess wrote at least this many
     model: str = "cdcgan"                         # dcgan | cdcgan | vae (must stay the same across nights)
     batch_size: int = 64
-    eval_samples: int = 2000                      # per set in `evaluate` (capped at half the real pool)
+    eval_samples: int = 2000                      # per set in `evaluate` (capped as there: A, B and the judge's rows fit the pool)
     eval_seed: int = 0                            # the same seed every night: same pool split, same latents
     promote_metric: PromoteMetric = PromoteMetric.FID
     margin: float = 0.0                           # required relative improvement: FID_new <= FID_old * (1 - margin)

@@ -1,8 +1,13 @@
 """Offline evaluation of a checkpoint: ``evaluate(EvalConfig) -> dict`` (the metrics JSON), see docs/evaluation.md.
 
-Sets (all from one seeded pool of real rows, training.features.read_pool; n = min(num_samples, pool // 2)):
+Sets (all from one seeded pool of P real rows, training.features.read_pool;
+n = min(num_samples, floor(P * (1 - extractor_fraction)) // 2)):
   A = pool[0:n]    the real reference the samples are compared with
   B = pool[n:2n]   a disjoint real sample of the same size: metric(A, B) is the real-data floor of each metric
+  E = pool[2n:P]   the rows the domain network trains on (at least extractor_fraction of the pool), never in A or
+                   B: the judge has not seen the reference it judges against. With `features_from` it trains on
+                   that dataset's pool instead (and A, B may use the whole pool). The metrics JSON names E
+                   (`domain_network.trained_on`: dataset, rows, digest of their ids, overlap with A and B by id).
   G = n samples    latents z = randn(n, z_dim) from a CPU generator seeded with `seed`; a class-conditional
                    model (cdcgan, or a VAE whose prior was fitted per class) is asked for A's labels (the data's
                    class proportions, and per class as many samples as A has)
@@ -40,7 +45,7 @@ from training.features import FeatureKind
 class EvalConfig:
     checkpoint: str                         # a checkpoint file, or RUN/ (its newest valid checkpoint)
     data: str                               # dataset root OUT (manifest.json): the real images
-    num_samples: int = 10000                # n per set (capped at pool // 2)
+    num_samples: int = 10000                # n per set (capped so that A, B and E fit in the pool)
     features: FeatureKind = FeatureKind.AUTO
     inception_weights: str | None = None    # local file; nothing is downloaded
     seed: int = 0                           # pool order, latents, domain-network training, KID subsets
@@ -50,6 +55,8 @@ class EvalConfig:
     batch_size: int = 256                   # per rank, generation and feature extraction
     max_real: int = 20000                   # real rows read into memory (the pool) per dataset
     feature_epochs: int = 3                 # domain network training epochs
+    extractor_fraction: float = 0.2         # share of the pool (at least) kept for training the domain network
+    features_from: str | None = None        # train the domain network on this dataset instead (same size, classes)
     backend: Backend = Backend.AUTO
     out: str | None = None                  # metrics JSON path (default: RUN/<checkpoint stem>.metrics.json)
     progress: bool = True                   # tqdm bars on rank 0
@@ -62,6 +69,8 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_samples < self.k + 1:
             raise ValueError(f"num_samples must be > k = {self.k}, got {self.num_samples}")
+        if not 0.0 < self.extractor_fraction < 1.0:
+            raise ValueError(f"extractor_fraction must be in (0, 1), got {self.extractor_fraction}")
 
 
 # ----------------------------------------------------------------------------- the statistics
@@ -220,16 +229,44 @@ def default_output(ckpt: Path) -> Path:
     return run_dir / f"{ckpt.stem}.metrics.json"
 
 
-def _build_extractor(cfg: EvalConfig, pool: features.Pool, weights: Path | None, need_classifier: bool
-                     ) -> tuple[features.Extractor, features.DomainExtractor | None]:
+def split_pool(cfg: EvalConfig, pool: features.Pool) -> tuple[int, features.Pool]:
+    """(n, E): the size of A and B, and the rows the domain network trains on, disjoint from A = pool[0:n] and
+    B = pool[n:2n]. With `features_from`, E is that dataset's pool, which must hold images of the same shape and,
+    for a classifier, the same classes."""
+    rows = pool.images.shape[0]
+    if cfg.features_from is None:
+        n = min(cfg.num_samples, int(rows * (1.0 - cfg.extractor_fraction)) // 2)
+        return n, pool.rows(2 * n)
+    other = features.read_pool(cfg.features_from, cfg.max_real, cfg.seed)
+    if other.images.shape[1:] != pool.images.shape[1:]:
+        raise ValueError(f"--features-from {cfg.features_from} holds {tuple(other.images.shape[1:])} images, "
+                         f"{cfg.data} holds {tuple(pool.images.shape[1:])}")
+    if (pool.labels is None) != (other.labels is None) or other.classes != pool.classes:
+        raise ValueError(f"--features-from {cfg.features_from} has classes {list(other.classes)[:12]}, "
+                         f"{cfg.data} has {list(pool.classes)[:12]}: a classifier must know the same classes")
+    return min(cfg.num_samples, rows // 2), other
+
+
+def _build_extractor(cfg: EvalConfig, extractor_rows: features.Pool, manifest_id: str, weights: Path | None,
+                     need_classifier: bool) -> tuple[features.Extractor, features.DomainExtractor | None]:
     domain = None
     if weights is None or need_classifier:
         tcfg = features.DomainTraining(seed=cfg.seed, epochs=cfg.feature_epochs)
         with dist.main_process_first():  # rank 0 trains and caches; the others then load the cache
-            net, info = features.load_or_train_domain(cfg.data, pool, tcfg, progress=cfg.progress and dist.is_main())
-        domain = features.DomainExtractor(net, info, pool.manifest_id, cfg.seed)
-    main = features.InceptionExtractor(weights, pool.manifest_id) if weights is not None else domain
+            net, info = features.load_or_train_domain(cfg.data, extractor_rows, tcfg,
+                                                      progress=cfg.progress and dist.is_main())
+        domain = features.DomainExtractor(net, info, manifest_id, cfg.seed)
+    main = features.InceptionExtractor(weights, manifest_id) if weights is not None else domain
     return main, domain
+
+
+def _trained_on(extractor_rows: features.Pool, pool: features.Pool, n: int) -> dict[str, Any]:
+    """What the domain network trained on (a cached network too: its cache is named by these rows' ids), and how
+    many of those rows are in A or B, by image id: 0, unless `features_from` names a dataset that shares images."""
+    return {"data": extractor_rows.data, "manifest_id": extractor_rows.manifest_id, "rows": int(extractor_rows.images.shape[0]),
+            "ids_sha256_12": extractor_rows.ids_digest(),
+            "pool_rows": f"[{2 * n}, {pool.images.shape[0]})" if extractor_rows.data == pool.data else "all (features_from)",
+            "reference_rows_overlap": len(set(extractor_rows.ids) & set(pool.ids[:2 * n]))}
 
 
 def _reference(cfg: EvalConfig, ext: features.Extractor, pool: features.Pool, n: int) -> tuple[dict[str, torch.Tensor], Path, bool]:
@@ -266,13 +303,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     _, c, r, _ = pool.images.shape
     if (c, r) != (spec.channels, spec.resolution):
         raise ValueError(f"{ckpt} makes {spec.channels}x{spec.resolution}px images, {cfg.data} holds {c}x{r}px")
-    n = min(cfg.num_samples, pool.images.shape[0] // 2)
+    n, extractor_rows = split_pool(cfg, pool)
     if n < cfg.k + 1:
         raise ValueError(f"{cfg.data}: {pool.images.shape[0]} real rows give sets of {n}, need more than k = {cfg.k}")
     conditional = sample.by_label(net, spec)  # a cdcgan, or a VAE whose prior was fitted per class
     if conditional and pool.labels is None:
         raise ValueError(f"{ckpt} is a class-conditional model but {cfg.data} has no labels")
-    ext, domain = _build_extractor(cfg, pool, weights, need_classifier=conditional)
+    ext, domain = _build_extractor(cfg, extractor_rows, pool.manifest_id, weights, need_classifier=conditional)
     dist.print0(f"[evaluate] {ckpt} ({spec.kind.value}, step {payload['step']}) vs {cfg.data}: n={n} per set "
                 f"(pool {pool.images.shape[0]} of {pool.num_rows} rows), features {ext.kind}, world {world}",
                 file=sys.stderr)  # stdout carries only the table or the JSON
@@ -307,6 +344,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if dist.is_main():
         result = _metrics(cfg, ckpt, payload, spec, pool, n, ext, domain, ref, ref_path, ref_cached, gen, labels, vae_rows, classes)
+        if domain is not None:
+            result["domain_network"] = {"trained_on": _trained_on(extractor_rows, pool, n)}
         result["timing_s"] = round(time.perf_counter() - t0, 2)
         out = Path(cfg.out) if cfg.out else default_output(ckpt)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,17 @@ class Pool:
     manifest_id: str
     classes: tuple[str, ...]
     num_rows: int                 # rows in the whole dataset
+    ids: tuple[str, ...] = ()     # image_id per pool row
+    data: str = ""                # the dataset it was read from
+
+    def rows(self, lo: int, hi: int | None = None) -> "Pool":
+        """Pool rows [lo, hi): the same dataset, a disjoint part of its sample."""
+        return dataclasses.replace(self, images=self.images[lo:hi], labels=None if self.labels is None else self.labels[lo:hi],
+                                   ids=self.ids[lo:hi])
+
+    def ids_digest(self) -> str:
+        """12 hex digits naming this set of rows (sha256 of the sorted image ids)."""
+        return hashlib.sha256("\n".join(sorted(self.ids)).encode()).hexdigest()[:12]
 
 
 def read_pool(data: str, max_rows: int, seed: int) -> Pool:
@@ -75,13 +86,14 @@ def read_pool(data: str, max_rows: int, seed: int) -> Pool:
         batch = max(b for b in range(1, min(256, n) + 1) if n % b == 0)
     else:
         batch = 256
-    imgs, labels, got = [], [], 0
-    with open_loader(LoaderConfig(data=data, batch_size=batch, seed=seed, shuffle=True)) as loader:
+    imgs, labels, ids, got = [], [], [], 0
+    with open_loader(LoaderConfig(data=data, batch_size=batch, seed=seed, shuffle=True, with_ids=True)) as loader:
         manifest = loader.manifest
         it = loader.epoch(0)
         try:
             for b in it:
                 imgs.append(b.images.contiguous())
+                ids += b.ids or []
                 if b.labels is not None:
                     labels.append(b.labels)
                 got += len(b)
@@ -92,8 +104,9 @@ def read_pool(data: str, max_rows: int, seed: int) -> Pool:
     images = torch.cat(imgs)[:max_rows]
     lab = torch.cat(labels)[:max_rows] if labels else None
     perm = torch.from_numpy(np.random.default_rng([seed, 1]).permutation(images.shape[0]))
+    ids = ids[:max_rows]
     return Pool(images[perm].contiguous(), None if lab is None else lab[perm], manifest.manifest_id,
-                tuple(manifest.classes), n)
+                tuple(manifest.classes), n, tuple(ids[i] for i in perm.tolist()), data)
 
 
 # ----------------------------------------------------------------------------- the domain network
@@ -219,15 +232,17 @@ def cache_dir(data: str) -> Path:
     return Path(uri_to_path(data)) / "_features"
 
 
-def domain_cache_path(data: str, manifest_id: str, labelled: bool, seed: int) -> Path:
+def domain_cache_path(data: str, pool: Pool, labelled: bool, seed: int) -> Path:
+    """OUT/_features/<manifest>-domain-<kind>-<seed>-<rows>.pt: one network per dataset, seed and training rows."""
     kind = "classifier" if labelled else "autoencoder"
-    return cache_dir(data) / f"{manifest_id}-domain-{kind}-{seed}.pt"
+    return cache_dir(data) / f"{pool.manifest_id}-domain-{kind}-{seed}-{pool.ids_digest()}.pt"
 
 
 def load_or_train_domain(data: str, pool: Pool, cfg: DomainTraining, progress: bool = False) -> tuple[DomainNet, dict[str, Any]]:
-    """The cached network of (dataset, seed), or a freshly trained one written to the cache."""
+    """The cached network of (dataset, seed, training rows), or one trained on `pool` and written to the cache of
+    `data` (the dataset being evaluated, whichever dataset `pool` came from)."""
     labelled = pool.labels is not None and len(pool.classes) > 0 and bool((pool.labels >= 0).any())
-    path = domain_cache_path(data, pool.manifest_id, labelled, cfg.seed)
+    path = domain_cache_path(data, pool, labelled, cfg.seed)
     _, c, r, _ = pool.images.shape
     if path.is_file():
         ck = torch.load(path, map_location="cpu", weights_only=True)

@@ -57,17 +57,18 @@ def _finite(obj) -> bool:
 
 
 def test_cdcgan_end_to_end_then_from_cache(runs, capsys):
-    args = ["--checkpoint", str(runs["cdcgan"]), "--data", str(runs["data"]), "--num-samples", "40", "--no-progress"]
+    args = ["--checkpoint", str(runs["cdcgan"]), "--data", str(runs["data"]), "--num-samples", "36", "--no-progress"]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "fid" in table and "class accuracy" in table
     path = runs["cdcgan"] / "ckpt-00000020.metrics.json"
     res = json.loads(path.read_text())
-    assert res["model"] == "cdcgan" and res["step"] == 20 and res["num_samples"] == 40 and res["same_dataset"]
+    assert res["model"] == "cdcgan" and res["step"] == 20 and res["num_samples"] == 36 and res["same_dataset"]
     assert _finite(res)
     ex = res["extractor"]
     assert ex["kind"] == "domain-classifier" and ex["seed"] == 0 and 0.0 <= ex["heldout_accuracy"] <= 1.0
-    assert Path(ex["cache"]) == runs["data"] / "_features" / f"{res['data_manifest_id']}-domain-classifier-0.pt"
+    seen = res["domain_network"]["trained_on"]
+    assert Path(ex["cache"]) == runs["data"] / "_features" / f"{res['data_manifest_id']}-domain-classifier-0-{seen['ids_sha256_12']}.pt"
     assert Path(ex["cache"]).is_file() and Path(res["reference"]["cache"]).is_file() and not ex["cached"]
     m = res["metrics"]
     assert set(m) == {"fid", "kid", "precision", "recall", "coverage"}
@@ -75,12 +76,36 @@ def test_cdcgan_end_to_end_then_from_cache(runs, capsys):
     cond = res["conditional"]
     assert 0.0 <= cond["class_accuracy"]["value"] <= 1.0 and cond["class_accuracy"]["real_floor"] == ex["heldout_accuracy"]
     assert sorted(cond["per_class"]) == [str(d) for d in range(10)]
-    assert sum(c["n"] for c in cond["per_class"].values()) == 40
+    assert sum(c["n"] for c in cond["per_class"].values()) == 36
     # Second run: the domain network and the reference features come from the cache; same numbers.
     assert main(args + ["--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["extractor"]["cached"] and again["reference"]["cached"]
     assert again["metrics"] == res["metrics"] and again["conditional"] == res["conditional"]
+
+
+def test_the_domain_network_never_trains_on_the_reference_rows(runs, tmp_path, capsys):
+    """E, the rows the judge trains on, and A + B, the rows it judges against, are disjoint by image id; the JSON
+    names E; with --features-from a dataset holding the same images, the overlap is counted, not assumed."""
+    from training.features import read_pool
+
+    args = ["--checkpoint", str(runs["cdcgan"]), "--data", str(runs["data"]), "--num-samples", "30", "--no-progress", "--json"]
+    assert main(args + ["--out", str(tmp_path / "split.json")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    n, seen = res["num_samples"], res["domain_network"]["trained_on"]
+    pool = read_pool(str(runs["data"]), 20000, 0)
+    assert len(set(pool.ids)) == len(pool.ids) == pool.images.shape[0] == pool.num_rows  # one id per row
+    reference, extractor = set(pool.ids[:2 * n]), pool.rows(2 * n)
+    assert not reference & set(extractor.ids) and seen["reference_rows_overlap"] == 0
+    assert seen["rows"] == pool.images.shape[0] - 2 * n >= 0.2 * pool.images.shape[0]
+    assert seen["ids_sha256_12"] == extractor.ids_digest() and seen["data"] == str(runs["data"])
+
+    same = tmp_path / "same"  # the same images under another root: every reference row is also a training row
+    shutil.copytree(runs["data"], same, ignore=shutil.ignore_patterns("_features"))
+    assert main(args + ["--features-from", str(same), "--out", str(tmp_path / "from.json")]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert other["domain_network"]["trained_on"]["data"] == str(same)
+    assert other["domain_network"]["trained_on"]["reference_rows_overlap"] == 2 * other["num_samples"]
 
 
 def test_vae_elbo_end_to_end(runs, tmp_path):
