@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-aspect", type=float, help="reject when long/short side exceeds this")
     p.add_argument("--min-std", type=float, help="reject as blank when the grey std (0..255) is below this")
     p.add_argument("--image-column", help="Parquet inputs: the column holding image bytes")
+    p.add_argument("--url-column", metavar="COL",
+                   help="the inputs are tables of image URLs (Parquet, CSV, TSV, JSONL; text: one per line): fetch COL's URLs")
+    p.add_argument("--disallowed-domains", metavar="FILE",
+                   help="URL tables: never fetch these hosts or their subdomains (one per line; # comments)")
+    p.add_argument("--ignore-opt-out", action="store_true",
+                   help="URL tables: fetch even when X-Robots-Tag says noai / noimageai (default: opted_out reject)")
     p.add_argument("--partitions", type=int, help="decode partitions (default: 3 x Spark's cores)")
     p.add_argument("--arrow-batch-rows", type=int, help="rows per Arrow batch into the decode stage")
     p.add_argument("--near-dup-distance", type=int, metavar="D",
@@ -69,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     overrides = {}
     for name in ("resolution", "fit", "pixel_encoding", "min_size", "max_pixels", "max_aspect", "min_std",
-                 "image_column", "partitions", "arrow_batch_rows", "near_dup_distance", "min_similarity", "channels"):
+                 "image_column", "url_column", "partitions", "arrow_batch_rows", "near_dup_distance", "min_similarity",
+                 "channels"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -83,6 +90,13 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         overrides["incremental"] = True
     if args.no_dedup:
         overrides["dedup"] = False
+    if args.ignore_opt_out:
+        overrides["respect_opt_out"] = False
+    if args.disallowed_domains:
+        from pipelines.fetch import read_domains
+
+        with open(args.disallowed_domains, encoding="utf-8") as f:
+            overrides["disallowed_domains"] = sorted(read_domains(f))
     if args.config:
         return PreprocessConfig.from_yaml(args.config, **overrides)
     return PreprocessConfig.from_dict(overrides, source="command line")

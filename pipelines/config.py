@@ -4,11 +4,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.config import check_fields, read_yaml
 from schemas.images import TRAINABLE_RESOLUTIONS
 from schemas.pixels import PixelEncoding
+
+if TYPE_CHECKING:
+    from pipelines.fetch import FetchSettings
 
 
 class FitMode(str, enum.Enum):
@@ -51,6 +54,17 @@ class PreprocessConfig:
     max_aspect: float = 4.0                   # reject (bad_aspect) when long side / short side exceeds this
     min_std: float = 2.0                      # reject (blank) when the std of the grey image (0..255) is below this
     image_column: str | None = None           # Parquet inputs: the column with the image bytes (None: guess)
+    # URL tables (pipelines/sources/urls.py, pipelines/fetch.py): with url_column set, a Parquet, CSV, TSV, JSONL or
+    # text input is a table of URLs that the decode stage fetches (text: one URL per line, any url_column).
+    url_column: str | None = None
+    fetch_timeout_s: float = 10.0             # per connect and read; twice this for a whole response
+    fetch_retries: int = 2                    # more attempts after 429, 5xx, a timeout or a reset (Retry-After honoured)
+    fetch_threads: int = 16                   # concurrent requests per decode task
+    fetch_per_host: int = 4                   # of which at most this many to one host
+    fetch_max_redirects: int = 5
+    fetch_user_agent: str = "imagegen/0.1 (image dataset preprocessing; honours X-Robots-Tag noai, noimageai)"
+    respect_opt_out: bool = True              # X-Robots-Tag: noai / noimageai -> opted_out
+    disallowed_domains: tuple[str, ...] = ()  # hosts (and their subdomains) never fetched: opted_out
     arrow_batch_rows: int = 32                # rows per Arrow batch into the decode stage
     arrow_batch_bytes: int = 256 * 1024 * 1024  # and at most this many bytes per batch (far below Arrow's 2 GB)
     partitions: int | None = None             # decode-stage partitions; None: 3 x the cores Spark has
@@ -95,6 +109,19 @@ class PreprocessConfig:
             raise ValueError("incremental and overwrite contradict each other: incremental appends to OUT, overwrite replaces it")
         if self.partitions is not None and self.partitions < 1:
             raise ValueError(f"partitions: expected >= 1 or None, got {self.partitions}")
+        object.__setattr__(self, "disallowed_domains", tuple(str(d).strip().lower().rstrip(".") for d in self.disallowed_domains))
+        if self.fetch_timeout_s <= 0 or self.fetch_retries < 0 or self.fetch_threads < 1 or self.fetch_per_host < 1 or self.fetch_max_redirects < 0:
+            raise ValueError("fetch settings: need fetch_timeout_s > 0, fetch_retries >= 0, fetch_threads >= 1, "
+                             "fetch_per_host >= 1, fetch_max_redirects >= 0")
+
+    def fetch_settings(self) -> "FetchSettings":
+        """What the decode stage's fetcher needs (pipelines/fetch.py)."""
+        from pipelines.fetch import FetchSettings
+
+        return FetchSettings(timeout_s=self.fetch_timeout_s, retries=self.fetch_retries, threads=self.fetch_threads,
+                             per_host=self.fetch_per_host, max_redirects=self.fetch_max_redirects,
+                             max_bytes=self.max_file_bytes, user_agent=self.fetch_user_agent,
+                             respect_opt_out=self.respect_opt_out, disallowed_domains=frozenset(self.disallowed_domains))
 
     def check_job(self) -> None:
         """What a whole job needs beyond a valid per-image config: a resolution the models train on, so a

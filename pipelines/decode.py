@@ -42,6 +42,7 @@ import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.config import FitMode, PreprocessConfig
+from pipelines.fetch import Fetched, fetch_all, is_fetchable
 from pipelines.labels import LabelResolver
 from pipelines.source_rows import SOURCE_REASONS
 from pipelines.phash import SMALL, canonical_gray, phash_batch
@@ -330,6 +331,14 @@ def _source_reject(uri: str, error: str) -> Reject:
     return Reject(uri, RejectReason.READ_ERROR, error)
 
 
+def _fetch_urls(read_uris: list[str | None], errors: list[str | None], contents: pa.Array, cfg: PreprocessConfig) -> dict[int, Fetched]:
+    """The rows of a URL table (an http(s) read_uri, no bytes, no error; local rows carry file: URIs) fetched
+    concurrently -> {row: outcome}."""
+    todo = [i for i, u in enumerate(read_uris)
+            if u is not None and errors[i] is None and not contents[i].is_valid and is_fetchable(u)]
+    return dict(zip(todo, fetch_all([read_uris[i] for i in todo], cfg.fetch_settings()))) if todo else {}
+
+
 def decode_batch(batch: pa.RecordBatch, cfg: PreprocessConfig, run_id: str, labels: LabelResolver | None) -> pa.RecordBatch:
     """SOURCE_ARROW rows -> STAGED_ARROW rows, exactly one output row per input row."""
     uris = batch.column("source_uri").to_pylist()
@@ -340,12 +349,16 @@ def decode_batch(batch: pa.RecordBatch, cfg: PreprocessConfig, run_id: str, labe
     given = (batch.column("label").to_pylist(), batch.column("label_key").to_pylist()) if "label_key" in batch.schema.names else None
     contents = batch.column("content")
     read_uris = batch.column("read_uri").to_pylist() if "read_uri" in batch.schema.names else [None] * len(uris)
+    fetched = _fetch_urls(read_uris, errors, contents, cfg)
     rows: list[dict[str, Any]] = []
     grays: list[np.ndarray] = []
     image_rows: list[dict[str, Any]] = []
     for i, uri in enumerate(uris):
         if errors[i] is not None:
             result: Decoded | Reject = _source_reject(uri, errors[i])
+        elif i in fetched:
+            got = fetched[i]
+            result = Reject(uri, got.reason, got.detail) if got.reason is not None else process_image(got.data, uri, cfg)
         elif read_uris[i] is not None and not contents[i].is_valid and (lengths[i] or 0) > cfg.max_file_bytes:
             # the listed size is over the limit: not read at all (a 10 GB file would otherwise be held whole)
             result = Reject(uri, RejectReason.TOO_LARGE, f"file is {lengths[i]} bytes, limit max_file_bytes={cfg.max_file_bytes}; it is not read")

@@ -346,7 +346,7 @@ def input_fingerprint(decoded: Staged, specs: list[InputSpec]) -> str:
 
 def plan_preprocess(spark: SparkSession, inputs: list[str], out: str, cfg: PreprocessConfig) -> Plan:
     """--dry-run: classify and count the inputs (a listing, no decode), write nothing."""
-    specs = [classify(spark, u) for u in inputs]
+    specs = [classify(spark, u, url_tables=cfg.url_column is not None) for u in inputs]
     partitions = cfg.partitions or 3 * spark.sparkContext.defaultParallelism
     with _arrow_conf(spark, cfg, partitions):
         count = load_sources(spark, specs, cfg, partitions).input_count
@@ -631,7 +631,7 @@ def _run(job: _Job, inputs: list[str], timings: dict[str, float], progress: Prog
 def list_inputs(job: _Job, inputs: list[str]) -> _Inputs:
     """Classify the inputs, build the label resolver and one DataFrame of source rows."""
     spark, cfg = job.spark, job.cfg
-    specs = [classify(spark, u) for u in inputs]
+    specs = [classify(spark, u, url_tables=cfg.url_column is not None) for u in inputs]
     resolver = _label_resolver(spark, cfg, specs)
     partitions = cfg.partitions or 3 * spark.sparkContext.defaultParallelism
     exclude = (job.fs.qualify(cfg.labels_path),) if cfg.labels == LabelMode.SIDECAR else ()

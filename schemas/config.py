@@ -13,6 +13,7 @@ One function, `check_fields(cls, values, source, what)`, derives every check fro
   * enum:  one of its values; a whole number is read as its decimal string (`channels: 3`), since an enum
     whose values are digits is still spelled as a number in YAML;
   * str:   only a string (a number where a path or a name is expected is refused: quote it);
+  * tuple[str, ...]: a list of strings (`disallowed_domains: [example.com]`);
   * `X | None`: null (YAML `null` or `~`) as well.
 
 Every problem is one line naming the source (the file, or "command line"), the key, the expected type and the
@@ -98,6 +99,8 @@ def _split_optional(hint: Any) -> tuple[Any, bool]:
 def _expects(kind: Any, optional: bool) -> str:
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         text = "one of " + ", ".join(repr(m.value) for m in kind)
+    elif kind == tuple[str, ...]:
+        text = "a list of strings"
     else:
         text = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
     return text + (" or null" if optional else "")
@@ -133,6 +136,10 @@ def _coerce(kind: Any, value: Any) -> Any:
     if kind is str:
         if isinstance(value, str):
             return value
+        raise TypeError
+    if kind == tuple[str, ...]:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
         raise TypeError
     raise NotImplementedError(f"no config rule for field type {kind!r}")  # a new field type needs a rule here
 

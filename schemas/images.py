@@ -11,6 +11,8 @@ Version history:
      duplicates); a dataset may be stored with 1 channel (manifest `channels`, `--channels`).
   3  the manifest lists every data file with its row count (`files`); readers read exactly those
      files, so a file the manifest does not list (a crashed run's orphan) does not exist for them.
+     Later additions a version-3 reader still reads: reject reasons http_error, timeout, dns_error,
+     connect_error and opted_out (URL tables); the tables' columns are unchanged.
 """
 from __future__ import annotations
 
@@ -40,6 +42,12 @@ class RejectReason(str, enum.Enum):
     BLANK = "blank"                        # (almost) a single colour: std below --min-std
     UNSUPPORTED_MODE = "unsupported_mode"  # a pixel mode with no documented RGB rule
     UNSAFE_PATH = "unsafe_path"            # a tar member path that is absolute or has a ".." component: never read (docs/preprocess.md)
+    # URL tables (pipelines/fetch.py): a URL whose fetch failed
+    HTTP_ERROR = "http_error"              # a 4xx/5xx status (in the detail), or too many redirects / a redirect loop
+    TIMEOUT = "timeout"                    # no answer, or no whole response, within fetch_timeout_s
+    DNS_ERROR = "dns_error"                # the host name does not resolve
+    CONNECT_ERROR = "connect_error"        # the connection was refused or could not be made
+    OPTED_OUT = "opted_out"                # X-Robots-Tag noai/noimageai, or a host in disallowed_domains
 
 
 class DuplicateKind(str, enum.Enum):

@@ -21,8 +21,10 @@ Input kinds (classified on the driver, see `classify`):
   PARQUET   a Parquet file or dataset directory with an image-bytes column (`image_column`, or the
             first of image/bytes/content/jpg/png/img; a struct {bytes, path} as Hugging Face datasets
             write is understood). source_uri = "<parquet file>#row=<row index in that file>".
+  URL_TABLE with `url_column`: a Parquet, CSV, TSV, JSONL or text table of image URLs, read by Spark (urls.py);
+            source_uri = the URL, fetched by the decode stage (pipelines/fetch.py). Repeated URLs are one input.
 
-One module per input kind: local.py (the local walk), hadoop.py (binaryFile, URI lists), tar.py, parquet.py;
+One module per input kind: local.py (the local walk), hadoop.py (binaryFile, URI lists), tar.py, parquet.py, urls.py;
 spec.py names the kinds. This module classifies an input and joins the kinds' rows into one DataFrame.
 """
 from __future__ import annotations
@@ -39,14 +41,19 @@ from pipelines.sources.local import _local_frame, _local_glob
 from pipelines.sources.parquet import UnreadableInputError, _parquet_frame, _unreadable_parquet
 from pipelines.sources.spec import LIST_SUFFIXES, PARQUET_SUFFIXES, TAR_SUFFIXES, InputKind, InputSpec, _is_glob
 from pipelines.sources.tar import tar_frame
+from pipelines.sources.urls import table_format, url_table_frame
 from schemas.uri import is_local
 
 __all__ = ["InputKind", "InputSpec", "Sources", "UnreadableInputError", "classify", "load_sources"]
 
 
-def classify(spark: SparkSession, uri: str) -> InputSpec:
-    """Decide what kind of input `uri` is. Raises FileNotFoundError / ValueError with what was found."""
+def classify(spark: SparkSession, uri: str, url_tables: bool = False) -> InputSpec:
+    """Decide what kind of input `uri` is; with `url_tables` (a url_column was given), a Parquet, CSV, TSV, JSONL
+    or text file, or a folder of Parquet files, is a URL table. Raises FileNotFoundError / ValueError with what was
+    found."""
     fs = FileSystem(spark)
+    if url_tables and table_format(uri) is not None and fs.exists(uri):
+        return InputSpec(uri, InputKind.URL_TABLE, fs.qualify(uri).rsplit("/", 1)[0])
     if (_local_glob(uri) if is_local(uri) else _is_glob(uri)):
         parts = uri.split("/")
         fixed = []
@@ -105,6 +112,10 @@ def load_sources(spark: SparkSession, specs: list[InputSpec], cfg: PreprocessCon
         elif spec.kind == InputKind.TAR:
             df, n, skipped = tar_frame(spark, spec, partitions, cfg.max_file_bytes)
             sidecars += skipped
+        elif spec.kind == InputKind.URL_TABLE:
+            with _unreadable_parquet(spec):
+                df, n, repeats = url_table_frame(spark, spec, cfg)
+            repeated += repeats
         elif spec.kind == InputKind.PARQUET:
             with _unreadable_parquet(spec):
                 df = _parquet_frame(spark, spec, cfg)
@@ -114,7 +125,8 @@ def load_sources(spark: SparkSession, specs: list[InputSpec], cfg: PreprocessCon
         frames.append(df)
         count += n
     if local_files or any(uris for _, uris in local_lists):
-        df, n, repeated = _local_frame(spark, local_files, local_lists, exclude, partitions, cfg.read_local_in_worker)
+        df, n, local_repeats = _local_frame(spark, local_files, local_lists, exclude, partitions, cfg.read_local_in_worker)
+        repeated += local_repeats
         frames.append(df)
         count += n
     out = frames[0]

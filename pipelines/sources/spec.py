@@ -1,4 +1,4 @@
-"""What an input is: its kind (FILES, URI_LIST, TAR, PARQUET, see pipelines/sources/__init__.py) and the
+"""What an input is: its kind (FILES, URI_LIST, TAR, PARQUET, URL_TABLE, see pipelines/sources/__init__.py) and the
 suffixes that decide it.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ class InputKind(str, enum.Enum):
     URI_LIST = "uri_list"
     TAR = "tar"
     PARQUET = "parquet"
+    URL_TABLE = "url_table"  # with url_column: a table of URLs the decode stage fetches (sources/urls.py)
 
 
 @dataclasses.dataclass(frozen=True)
