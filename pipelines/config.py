@@ -131,11 +131,11 @@ class PreprocessConfig:
                              f"pass --resolution {next((r for r in TRAINABLE_RESOLUTIONS if r >= self.resolution), TRAINABLE_RESOLUTIONS[-1])}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: enums as their values."""
+        """JSON-ready: enums as their values, tuples as lists (what a JSON round trip gives back)."""
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = value.value if isinstance(value, enum.Enum) else value
+            out[f.name] = value.value if isinstance(value, enum.Enum) else list(value) if isinstance(value, tuple) else value
         return out
 
     def replace(self, **changes: Any) -> "PreprocessConfig":
