@@ -42,8 +42,11 @@ def test_every_corpus_case_gets_its_expected_outcome():
             assert result.row["orig_mode"] == exp.orig_mode, name
             assert result.rgb.shape == (32, 32, 3) and result.rgb.dtype == np.uint8
     # every reason of the vocabulary is exercised except those decided before any byte is decoded: read_error (a
-    # filesystem failure, covered in test_sources) and unsafe_path (a tar member's path, covered in test_tar_safety)
-    assert reasons_seen == set(RejectReason) - {RejectReason.READ_ERROR, RejectReason.UNSAFE_PATH}
+    # filesystem failure, covered in test_sources), unsafe_path (a tar member's path, covered in test_tar_safety)
+    # and the URL fetch outcomes (covered against a loopback server in test_urls)
+    fetch_reasons = {RejectReason.HTTP_ERROR, RejectReason.TIMEOUT, RejectReason.DNS_ERROR, RejectReason.CONNECT_ERROR,
+                     RejectReason.OPTED_OUT}
+    assert reasons_seen == set(RejectReason) - {RejectReason.READ_ERROR, RejectReason.UNSAFE_PATH} - fetch_reasons
 
 
 def _corpus(name: str) -> bytes:
