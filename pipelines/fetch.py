@@ -18,6 +18,7 @@ with a detail that says what happened (status, host, attempts).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import email.utils
 import http.client
@@ -174,7 +175,7 @@ def fetch(url: str, s: FetchSettings, slots: "_HostSlots | None" = None) -> Fetc
     while True:
         attempt += 1
         try:
-            with slots.hold(host) if slots is not None else _nothing():
+            with slots.hold(host) if slots is not None else contextlib.nullcontext():
                 return _attempt(url, s)
         except _Refused as r:
             if not r.retry or attempt > s.retries:
@@ -184,14 +185,6 @@ def fetch(url: str, s: FetchSettings, slots: "_HostSlots | None" = None) -> Fetc
                 return Fetched(reason=r.reason, detail=f"{r.detail}; Retry-After {pause:g} s is above {RETRY_AFTER_CAP_S:g} s")
             time.sleep(pause)
             wait *= 2
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _HostSlots:
