@@ -171,15 +171,23 @@ def img2dataset_run(exe: Path, paths: list[Path], port: int, resolution: int, wo
     return wall
 
 
+def _medians(times: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    by_n: dict[int, list[float]] = {}
+    for n, t in times:
+        by_n.setdefault(n, []).append(t)
+    return [(n, float(np.median(ts))) for n, ts in sorted(by_n.items())]
+
+
 def fixed_cost(paths: list[Path], sizes: list[int], resolution: int, master: str, work: Path,
-               img2dataset: Path | None) -> int:
+               img2dataset: Path | None, rounds: int = 2) -> int:
     """Wall seconds of the cold CLI at each N (dedup on, the defaults), the fitted line, and (with `img2dataset`,
-    its executable in its own venv) the peer on the same files in the same sitting, each N run back to back."""
+    its executable in its own venv) the peer on the same files in the same sitting, each N run back to back;
+    `rounds` passes over the sizes, the median of each N's times fitted."""
     cli = Path(sys.executable).parent / "imagegen"
     ours, peer, spark_up = [], [], []
     srv, port = _serve(paths[0].parent) if img2dataset else (None, 0)
     try:
-        for n in sorted(sizes):
+        for n in [n for _ in range(rounds) for n in sorted(sizes)]:
             src, out = work / f"fc_src_{n}", work / f"fc_out_{n}"
             shutil.rmtree(src, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
@@ -202,6 +210,9 @@ def fixed_cost(paths: list[Path], sizes: list[int], resolution: int, master: str
     finally:
         if srv is not None:
             srv.kill()
+    ours, peer = _medians(ours), _medians(peer)
+    print(f"medians of {rounds} rounds: imagegen " + ", ".join(f"{n}: {t:.1f} s" for n, t in ours)
+          + ("; img2dataset " + ", ".join(f"{n}: {t:.1f} s" for n, t in peer) if peer else ""))
     intercept, marginal = _fit(ours)
     print(f"fixed cost (intercept of time vs N over {sorted(sizes)}): imagegen {intercept:.1f} s, of which Spark's start "
           f"{np.nanmedian(spark_up):.1f} s (median); marginal {marginal:.0f} img/s ({marginal / os.cpu_count():.0f} per core); "
@@ -232,6 +243,7 @@ def main() -> int:
     ap.add_argument("--partitions", type=int, default=None, help="PreprocessConfig.partitions (default: 3 x cores)")
     ap.add_argument("--fixed-cost", type=int, nargs="+", metavar="N",
                     help="time the cold `imagegen preprocess` command at each N and fit intercept + marginal rate")
+    ap.add_argument("--rounds", type=int, default=2, help="with --fixed-cost: passes over the sizes; medians are fitted (default 2)")
     ap.add_argument("--img2dataset", default=None, metavar="EXE",
                     help="with --fixed-cost: the peer's executable, in its own venv (`python -m venv V && V/bin/pip install "
                          "img2dataset`), run on the same files over loopback HTTP after each of our runs")
@@ -256,7 +268,7 @@ def main() -> int:
             p.read_bytes()
         if args.fixed_cost:
             return fixed_cost(paths, args.fixed_cost, args.resolution, args.master, work,
-                              Path(args.img2dataset) if args.img2dataset else None)
+                              Path(args.img2dataset) if args.img2dataset else None, args.rounds)
         a = decode_ceiling(paths, max(2 * args.resolution, 32))  # the job decodes JPEGs to >= 2x the target
         b = bare_loop(paths, cfg)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -119,20 +120,23 @@ def _under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def _ship_packages(spark) -> None:
-    """On a cluster, executors need pipelines/ and schemas/: ship them as one zip (local masters share this venv)."""
+def _ship_packages(spark) -> str | None:
+    """On a cluster, executors need pipelines/ and schemas/: ship them as one zip (local masters share this venv).
+    -> the zip's temporary directory, for the caller to remove when the job is over (executors fetch it lazily)."""
     master = spark.sparkContext.master
     if master.startswith("local"):
-        return
+        return None
     import tempfile
     import zipfile
 
-    path = os.path.join(tempfile.mkdtemp(prefix="imagegen-pyfiles-"), "imagegen_pkgs.zip")
+    folder = tempfile.mkdtemp(prefix="imagegen-pyfiles-")
+    path = os.path.join(folder, "imagegen_pkgs.zip")
     with zipfile.ZipFile(path, "w") as z:
         for pkg in ("pipelines", "schemas"):
             for f in (REPO / pkg).rglob("*.py"):
                 z.write(f, f.relative_to(REPO).as_posix())
     spark.sparkContext.addPyFile(path)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,9 +194,10 @@ def _run(args: argparse.Namespace, cfg: PreprocessConfig) -> int:
         print(f"imagegen preprocess: Spark {spark.version} up in {time.monotonic() - t0:.1f}s "
               f"(master {spark.sparkContext.master})", flush=True)
     interrupt.install(spark)  # again: PySpark's context replaced our SIGINT handler with its own
+    shipped = None
     try:
         interrupt.enter("start-up")
-        _ship_packages(spark)
+        shipped = _ship_packages(spark)
         if args.dry_run:
             print(plan_preprocess(spark, args.inputs, args.output, cfg).render())
             return 0
@@ -206,6 +211,8 @@ def _run(args: argparse.Namespace, cfg: PreprocessConfig) -> int:
     finally:
         if shared is None:
             spark.stop()
+        if shipped is not None:
+            shutil.rmtree(shipped, ignore_errors=True)
 
 
 def _failed(exc: BaseException, args: argparse.Namespace, cfg: PreprocessConfig, spark) -> int:

@@ -75,8 +75,9 @@ def corpus(tmp_path_factory):
 JOB_ARGS = ["--labels", "dirs", "--resolution", "32", "--partitions", "4"]
 
 
-def _submit(cluster, src: Path, out: Path, ui_port: int) -> tuple[subprocess.Popen, Path]:
-    """spark-submit in the background, its output into a file (a pipe nobody reads would block the driver)."""
+def _submit(cluster, src: Path, out: Path, ui_port: int, tmp: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    """spark-submit in the background, its output into a file (a pipe nobody reads would block the driver).
+    tmp: the driver's TMPDIR."""
     cmd = [str(VENV_BIN / "spark-submit"), "--master", cluster["master"],
            "--conf", "spark.driver.host=127.0.0.1", "--conf", f"spark.ui.port={ui_port}",
            "--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1",
@@ -84,7 +85,8 @@ def _submit(cluster, src: Path, out: Path, ui_port: int) -> tuple[subprocess.Pop
            str(REPO / "jobs" / "preprocess.py"), str(src), "--output", str(out), *JOB_ARGS]
     log = out.parent / f"{out.name}.log"
     with open(log, "w") as f:
-        return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT), log
+        env = {**_env(), **({"TMPDIR": str(tmp)} if tmp is not None else {})}
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT), log
 
 
 def _finish(submitted: tuple[subprocess.Popen, Path]) -> str:
@@ -142,9 +144,11 @@ def test_start_registers_the_workers_on_loopback(cluster):
 
 
 def test_spark_submit_gives_the_local_dataset(cluster, corpus, local_dataset, tmp_path):
-    out = tmp_path / "out"
-    log = _finish(_submit(cluster, corpus.root, out, _free_port()))
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    log = _finish(_submit(cluster, corpus.root, out, _free_port(), tmp))
     assert "Connected to Spark cluster with app ID" in log  # it ran on the standalone master, not local
+    assert not list(tmp.glob("imagegen-pyfiles-*"))  # the packages' zip shipped to the executors is removed after
     assert _dataset(out) == local_dataset
     # progress counts images on a cluster too: the listing, and each stage's exact counts once it ends
     assert f"list_inputs: {corpus.files:,} inputs listed" in log, log[-3000:]
