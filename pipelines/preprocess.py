@@ -328,7 +328,7 @@ class Staged:
 
 
 class _SummaryParam(AccumulatorParam):
-    """Adds decode-task summaries: {"groups": {(kind, reason): [rows, key sum]}}. Spark merges a result task's
+    """Adds decode-task summaries, {(kind, reject reason): [rows, key sum]}. Spark merges a result task's
     accumulator updates once per partition, from the attempt that succeeded, so a retried or speculative task
     is not counted twice."""
 
@@ -682,7 +682,7 @@ def skip_seen(job: _Job, src: _Inputs) -> _Inputs:
 
 def decode(job: _Job, src: _Inputs, progress: Progress | None = None) -> Staged:
     """Decode every input once (mapInArrow) into ONE staged table of image and reject rows, persisted under
-    staging: every later stage reads it, nothing is decoded twice; summarised by one aggregation."""
+    staging: every later stage reads it, nothing is decoded twice; counted by its own tasks (summarise_batch)."""
     staged_path = f"{job.staging}/decoded"
     decoded = job.spark.sparkContext.accumulator(0)
     summary = job.spark.sparkContext.accumulator({}, _SummaryParam())

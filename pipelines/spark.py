@@ -54,7 +54,7 @@ def get_spark(master: str | None = "local[*]", app_name: str = "imagegen", conf:
     # The local driver JVM is also the executor, and it runs the JVM side of every stage (Arrow transfers,
     # Parquet writes, small shuffles); the pixels are Python's. C2, the optimising JIT, spends its compile
     # threads' CPU on the same 2 cores the Python workers need, for code that runs seconds: the client
-    # compiler alone made a 1,000-image job 3.5 s shorter and a 10,000-image one 6 s shorter (docs/benchmarks.md).
+    # compiler alone made a 1,000-image job 3-4 s shorter and a 10,000-image one 6-21 s shorter (docs/benchmarks.md).
     # IMAGEGEN_SPARK_JIT=full keeps the JVM's default tiered compilation.
     if local and os.environ.get("IMAGEGEN_SPARK_JIT", "client") != "full":
         own = settings.get("spark.driver.extraJavaOptions", "")
