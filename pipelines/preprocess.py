@@ -7,9 +7,10 @@ Its stages are named functions, called in this order by `_run`:
                       once to OUT/_staging/<run>/decoded (nothing is decoded twice); its tasks count it as
                       they go (rows per kind and reason, the fingerprint's key sum), for the checks to reuse
   check_outcome       no silent failure: every input rejected -> fail naming the top reason and its flag
-  dedup               (kept, duplicates) = deduplicate(images, earlier runs' images)   (pipelines/dedup/)
-  compute_stats       classes, label counts, stored channels, channel sums (Spark aggregates, no pixel re-read)
-  write_tables        images/ (with label_index), rejects/ (and duplicates/) under the staging directory
+  dedup               duplicates of images and earlier runs' images (pipelines/dedup/), written as duplicates/
+                      under staging; kept = images less them
+  compute_stats       classes, label counts, stored channels, channel sums (the decode tasks' sums, less the dropped rows')
+  write_tables        images/ (with label_index) and rejects/ under the staging directory
   check_conservation  inputs == written + rejected + duplicates, from the written files (local: their Parquet
                       footers, read on the driver; other schemes: one Spark job per table); mismatch fails
   commit              move the run's partitions into OUT; run_preprocess then replaces manifest.json atomically,
@@ -42,6 +43,7 @@ from collections import Counter
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import DataFrame, SparkSession
@@ -50,7 +52,8 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from pipelines import interrupt
 from pipelines.config import ChannelMode, LabelMode, PreprocessConfig
-from pipelines.dedup import DedupConfig, deduplicate
+from pipelines.dedup import DedupConfig, find_duplicates
+from pipelines.dedup.driver import duplicates_frame
 from pipelines.decode import KIND_IMAGE, KIND_REJECT, STAGED_ARROW, decode_partition, reduce_to_grey
 from pipelines.fs import FileSystem, os_path
 from pipelines.lock import dataset_lock
@@ -317,30 +320,40 @@ def _non_null(df: DataFrame, arrow_schema) -> DataFrame:
 
 @dataclasses.dataclass(frozen=True)
 class Staged:
-    """The staged table and what one aggregation over it says: rows per (kind, reject reason) and the
-    order-independent key sum behind the input fingerprint. Every later check reads these, not the table."""
+    """The staged table and what its decode tasks counted as they wrote it: rows per (kind, reject reason), the
+    order-independent key sum behind the input fingerprint, and per label the valid images' counts and channel
+    sums. Every later check reads these, not the table."""
 
     table: DataFrame
     rows: int
     valid: int
     rejected: dict[str, int]      # reject reason -> rows
     key_sum: str                  # str(sum of _row_key over the rows); "None" when no rows
+    by_label: dict[str | None, list[int]] = dataclasses.field(default_factory=dict)  # label -> LABEL_STATS values
 
 
-class _SummaryParam(AccumulatorParam):
-    """Adds decode-task summaries, {(kind, reject reason): [rows, key sum]}. Spark merges a result task's
-    accumulator updates once per partition, from the attempt that succeeded, so a retried or speculative task
-    is not counted twice."""
+class _SumsParam(AccumulatorParam):
+    """Adds decode-task summaries, {key: [int, ...]}, element by element. Spark merges a result task's accumulator
+    updates once per partition, from the attempt that succeeded, so a retried or speculative task is not counted twice."""
 
     def zero(self, value: dict) -> dict:
         return {}
 
     def addInPlace(self, a: dict, b: dict) -> dict:
-        for key, (n, total) in b.items():
-            have = a.setdefault(key, [0, 0])
-            have[0] += n
-            have[1] += total
+        for key, values in b.items():
+            have = a.get(key)
+            if have is None:
+                a[key] = list(values)
+            else:
+                for i, v in enumerate(values):
+                    have[i] += v
         return a
+
+
+# What the stats stage needs of each label's valid images, in this order: count, colour (not grey) images, and the
+# exact channel sums behind pixel_mean/std.
+PIXEL_SUMS = ("sum_r", "sum_g", "sum_b", "sumsq_r", "sumsq_g", "sumsq_b", "n_pixels", "sum_l", "sumsq_l")
+LABEL_STATS = ("n", "colour", *PIXEL_SUMS)
 
 
 def _row_key(uri: str, sha256: str | None, reason: str | None, detail: str | None) -> int:
@@ -359,6 +372,18 @@ def summarise_batch(batch: pa.RecordBatch) -> dict[tuple[str, str | None], list[
         have[0] += 1
         have[1] += _row_key(uri, sha, reason, detail)
     return out
+
+
+def label_stats_batch(batch: pa.RecordBatch) -> dict[str | None, list[int]]:
+    """One staged batch's valid images per label: LABEL_STATS values (a null label is the key None)."""
+    table = pa.Table.from_batches([batch]).select(["kind", "label", "is_grey", *PIXEL_SUMS])
+    table = table.filter(pc.equal(table.column("kind"), KIND_IMAGE))
+    if not table.num_rows:
+        return {}
+    table = table.append_column("colour", pc.cast(pc.invert(pc.fill_null(table.column("is_grey"), False)), pa.int64()))
+    grouped = table.group_by("label", use_threads=False).aggregate([([], "count_all"), ("colour", "sum")] + [(c, "sum") for c in PIXEL_SUMS])
+    cols = [grouped.column(c).to_pylist() for c in ["count_all", "colour_sum", *(f"{c}_sum" for c in PIXEL_SUMS)]]
+    return {label: [int(v or 0) for v in values] for label, *values in zip(grouped.column("label").to_pylist(), *cols)}
 
 
 def summarise(groups: dict[tuple[str, str | None], list[int]]) -> tuple[int, int, dict[str, int], str]:
@@ -645,10 +670,10 @@ def _run(job: _Job, inputs: list[str], timings: dict[str, float], progress: Prog
             progress.count("deduplicated", None, decoded.valid)
             kept, duplicates = dedup(job, images, src.partitions, decoded.valid)
     with _timed(timings, "stats", progress):
-        stats = compute_stats(job, src, decoded, kept)
+        stats = compute_stats(job, src, decoded, kept, duplicates)
     with _timed(timings, "write", progress):
         progress.count("written", None, stats.written)
-        write_tables(job, stats, kept, rejects if sum(decoded.rejected.values()) else None, duplicates)
+        write_tables(job, stats, kept, rejects if sum(decoded.rejected.values()) else None)
     with _timed(timings, "verify", progress):
         counts, files = check_conservation(job, src, decoded, stats, with_duplicates=duplicates is not None)
         progress.say(f"{counts['written']:,} images written, {sum(counts['rejected'].values()):,} rejected, "
@@ -685,11 +710,12 @@ def decode(job: _Job, src: _Inputs, progress: Progress | None = None) -> Staged:
     staging: every later stage reads it, nothing is decoded twice; counted by its own tasks (summarise_batch)."""
     staged_path = f"{job.staging}/decoded"
     decoded = job.spark.sparkContext.accumulator(0)
-    summary = job.spark.sparkContext.accumulator({}, _SummaryParam())
+    summary = job.spark.sparkContext.accumulator({}, _SumsParam())
+    by_label = job.spark.sparkContext.accumulator({}, _SumsParam())
     if progress is not None:
         progress.count("decoded", decoded, src.count)
     fn = functools.partial(_counted, fn=functools.partial(decode_partition, cfg=job.cfg, run_id=job.run_id,
-                                                          labels=src.resolver), counter=decoded, summary=summary)
+                                                          labels=src.resolver), counter=decoded, summary=summary, by_label=by_label)
     with _arrow_conf(job.spark, job.cfg, src.partitions):
         # The staged table is temporary (deleted at commit) and mostly raw pixels, which snappy shrinks by ~3%
         # (measured: 25.2 vs 24.4 MB for 2000 images at 64 px) while costing the JVM ~0.1-0.15 ms/image to
@@ -697,18 +723,20 @@ def decode(job: _Job, src: _Inputs, progress: Progress | None = None) -> Staged:
         (src.sources.mapInArrow(fn, from_arrow_schema(STAGED_ARROW)).write.mode("error")
          .option("compression", "none").parquet(staged_path))
     staged = job.spark.read.parquet(staged_path)
-    return Staged(staged, *summarise(summary.value))
+    return Staged(staged, *summarise(summary.value), by_label=by_label.value)
 
 
-def _counted(batches: Iterator[pa.RecordBatch], fn: Callable, counter: Any, summary: Any) -> Iterator[pa.RecordBatch]:
+def _counted(batches: Iterator[pa.RecordBatch], fn: Callable, counter: Any, summary: Any, by_label: Any) -> Iterator[pa.RecordBatch]:
     """`fn` over `batches`, adding each input batch's rows to `counter` (the progress line's accumulator) and each
-    output batch's summary to `summary` (the decode stage's counts, so no Spark job re-reads the staged table)."""
+    output batch's summaries to `summary` and `by_label` (the decode stage's counts and the stats stage's sums, so no
+    Spark job re-reads the staged table for them)."""
     def rows(batches):
         for batch in batches:
             yield batch
             counter.add(batch.num_rows)
     for out in fn(rows(batches)):
         summary.add(summarise_batch(out))
+        by_label.add(label_stats_batch(out))
         yield out
 
 
@@ -743,42 +771,61 @@ def reject_hint(cfg: PreprocessConfig, reason: str) -> str:
     return hints.get(reason, "no setting accepts these files; repair or remove them")
 
 
-def dedup(job: _Job, images: DataFrame, partitions: int, rows: int) -> tuple[DataFrame, DataFrame]:
+def dedup(job: _Job, images: DataFrame, partitions: int, rows: int) -> tuple[DataFrame, DataFrame | None]:
     """(kept, duplicates): exact (bytes or pixels) and near (pHash + pixel test) duplicates, within this run
-    and against earlier runs' images."""
+    and against earlier runs' images. The duplicates rows are written here, once, as the run's duplicates/ table
+    under staging (by pyarrow on the driver when the driver decided them and OUT is local), and `kept` is this
+    run's images less the written rows, so stats and write agree and nothing re-runs the dedup plan.
+    duplicates is None when there are none."""
     cfg = job.cfg
     previous = read_listed(job.spark, job.layout, job.prior, "images", images_spark()) if job.prior is not None else None
     dedup_cfg = DedupConfig(near_distance=cfg.near_dup_distance, partitions=partitions,
                             **({"min_similarity": cfg.min_similarity} if cfg.min_similarity is not None else {}))
-    # Only the dropped rows are used: they are persisted like the decode output, and `kept` is derived
-    # from them, because deduplicate's own lazy `kept` would re-run the whole dedup plan on every use
-    # (stats, then write) and the two uses must agree.
-    _, dups = deduplicate(job.spark, images, previous, dedup_cfg, rows=rows)
-    dups.withColumn("run_id", F.lit(job.run_id)).write.mode("error").parquet(f"{job.staging}/dedup_dropped")
-    duplicates = job.spark.read.parquet(f"{job.staging}/dedup_dropped")
+    found = find_duplicates(job.spark, images, previous, dedup_cfg, rows=rows)
+    table_dir = f"{job.staging}/duplicates"
+    local = os_path(f"{table_dir}/run_id={job.run_id}")
+    if isinstance(found, pa.Table) and found.num_rows == 0:
+        return images, None
+    if isinstance(found, pa.Table) and local is not None:
+        os.makedirs(local)
+        schema = pa.schema([f for f in DUPLICATES_ARROW if f.name != "run_id"], metadata=DUPLICATES_ARROW.metadata)
+        # Spark's part-file name, so the dataset's file rules (schemas/layout.is_writer_file) hold for it
+        pq.write_table(found.cast(schema), os.path.join(local, f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"))
+    else:
+        dups = duplicates_frame(job.spark, found) if isinstance(found, pa.Table) else found
+        _non_null(dups.withColumn("run_id", F.lit(job.run_id)), DUPLICATES_ARROW).write.partitionBy("run_id").parquet(table_dir)
+    duplicates = job.spark.read.schema(duplicates_spark()).parquet(table_dir)
     return images.join(duplicates.select("source_uri"), "source_uri", "left_anti"), duplicates
 
 
-def compute_stats(job: _Job, src: _Inputs, decoded: Staged, kept: DataFrame) -> _Stats:
-    """Classes, label counts, the stored channel count and the channel sums: one aggregation, no pixel re-read."""
+def compute_stats(job: _Job, src: _Inputs, decoded: Staged, kept: DataFrame, duplicates: DataFrame | None) -> _Stats:
+    """Classes, label counts, the stored channel count and the channel sums of the kept images: the decode tasks'
+    per-label sums (Staged.by_label) less those of the dropped duplicates, which one aggregation over only the
+    dropped rows gives (no Spark job when nothing was dropped)."""
     cfg, prior = job.cfg, job.prior
-    sums = ["sum_r", "sum_g", "sum_b", "sumsq_r", "sumsq_g", "sumsq_b", "n_pixels", "sum_l", "sumsq_l"]
-    by_label = kept.groupBy("label").agg(F.count(F.lit(1)).alias("n"), F.min(F.col("is_grey").cast("int")).alias("grey"),
-                                         *[F.sum(c).alias(c) for c in sums]).collect()
-    new_classes = sorted(r["label"] for r in by_label if r["label"] is not None)
+    by_label = {label: list(values) for label, values in decoded.by_label.items()}
+    if duplicates is not None:
+        dropped = decoded.table.where(F.col("kind") == KIND_IMAGE).join(duplicates.select("source_uri"), "source_uri", "left_semi")
+        for r in dropped.groupBy("label").agg(F.count(F.lit(1)).alias("n"), F.sum((~F.col("is_grey")).cast("long")).alias("colour"),
+                                              *[F.sum(c).alias(c) for c in PIXEL_SUMS]).collect():
+            have = by_label[r["label"]]
+            for i, name in enumerate(LABEL_STATS):
+                have[i] -= int(r[name] or 0)
+    by_label = {label: dict(zip(LABEL_STATS, values)) for label, values in by_label.items() if values[0] > 0}
+    new_classes = sorted(label for label in by_label if label is not None)
     # Earlier runs' label_index values stay valid: new classes are appended after the known ones.
     known = prior.classes if prior is not None else []
     classes = known + [c for c in new_classes if c not in known]
-    label_counts = {r["label"]: int(r["n"]) for r in by_label if r["label"] is not None}
-    unlabeled = sum(int(r["n"]) for r in by_label if r["label"] is None) if cfg.labels != LabelMode.NONE else 0
-    written = sum(int(r["n"]) for r in by_label)
+    label_counts = {label: v["n"] for label, v in by_label.items() if label is not None}
+    unlabeled = by_label[None]["n"] if None in by_label and cfg.labels != LabelMode.NONE else 0
+    written = sum(v["n"] for v in by_label.values())
     if cfg.labels != LabelMode.NONE and written and not label_counts and not classes:
         how = "below a class folder (ROOT/<class>/<file>)" if cfg.labels == LabelMode.DIRS else f"matched by a key of {cfg.labels_path}"
         raise NothingWrittenError(f"labels={cfg.labels.value} was asked for, but none of the {written} images got a label: "
                                   f"no file is {how}; fix the layout or pass --labels none")
-    all_grey = all(r["grey"] == 1 for r in by_label)
+    all_grey = all(v["colour"] == 0 for v in by_label.values())
     channels = _channels(cfg, prior, all_grey, written)
-    totals = {c: sum(int(r[c] or 0) for r in by_label) for c in sums}
+    totals = {c: sum(v[c] for v in by_label.values()) for c in PIXEL_SUMS}
     return _Stats(classes, label_counts, unlabeled, written, channels, totals,
                   _label_report(cfg, src.resolver, kept, decoded.table, unlabeled), input_fingerprint(decoded, src.specs))
 
@@ -793,9 +840,9 @@ def _channels(cfg: PreprocessConfig, prior: Manifest | None, all_grey: bool, wri
     return int(cfg.channels.value)
 
 
-def write_tables(job: _Job, stats: _Stats, kept: DataFrame, rejects: DataFrame | None, duplicates: DataFrame | None) -> None:
-    """images/ (with label_index, in the stored channels), rejects/ and duplicates/ under the staging directory.
-    rejects is None when the decode stage's counts say there are none: no job scans the staged table for them."""
+def write_tables(job: _Job, stats: _Stats, kept: DataFrame, rejects: DataFrame | None) -> None:
+    """images/ (with label_index, in the stored channels) and rejects/ under the staging directory (`dedup` wrote
+    duplicates/). rejects is None when the decode stage's counts say there are none: no job scans the staged table for them."""
     staging = job.staging
     index = F.create_map(*[x for i, c in enumerate(stats.classes) for x in (F.lit(c), F.lit(i))]) if stats.classes else None
     labelled = kept.withColumn("label_index", index[F.col("label")] if index is not None else F.lit(None).cast("int"))
@@ -805,8 +852,6 @@ def write_tables(job: _Job, stats: _Stats, kept: DataFrame, rejects: DataFrame |
     rows.write.partitionBy("run_id").parquet(f"{staging}/images")
     if rejects is not None:
         _non_null(rejects, REJECTS_ARROW).write.partitionBy("run_id").parquet(f"{staging}/rejects")
-    if duplicates is not None:
-        _non_null(duplicates, DUPLICATES_ARROW).write.partitionBy("run_id").parquet(f"{staging}/duplicates")
 
 
 def _file_rows(job: _Job, table: str, schema, by: str | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:

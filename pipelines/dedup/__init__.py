@@ -42,6 +42,7 @@ decisions on the driver for runs up to driver_max_rows); this module composes th
 """
 from __future__ import annotations
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -61,7 +62,7 @@ from pipelines.dedup.keep import greedy_mis
 from pipelines.dedup.verify import verify
 from schemas.images import DuplicateKind
 
-__all__ = ["DUPLICATES_COLUMNS", "LOSSY_FORMATS", "CandidateMethod", "DedupConfig", "VerifyMode", "deduplicate"]
+__all__ = ["DUPLICATES_COLUMNS", "LOSSY_FORMATS", "CandidateMethod", "DedupConfig", "VerifyMode", "deduplicate", "find_duplicates"]
 
 
 def deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | None, config: DedupConfig,
@@ -88,11 +89,22 @@ def deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | No
     representative is dropped point at the same kept image as their representative, kind `near`,
     with their own pHash distance to it.
     """
+    dups = find_duplicates(spark, images, previous, config, rows)
+    if isinstance(dups, pa.Table):
+        dups = driver.duplicates_frame(spark, dups)
+    return images.join(dups.select("source_uri"), "source_uri", "left_anti"), dups
+
+
+def find_duplicates(spark: SparkSession, images: DataFrame, previous: DataFrame | None, config: DedupConfig,
+                    rows: int | None = None) -> pa.Table | DataFrame:
+    """`deduplicate`'s duplicates rows alone: an Arrow table (driver.DUPLICATES_SCHEMA) already decided on the driver
+    when the run has at most driver_max_rows images with the earlier runs', else the distributed path's Spark DataFrame
+    (checkpointed: computed once). A caller writing the rows itself skips the Spark job that turning a
+    driver table into a DataFrame and writing it costs."""
     if config.driver_max_rows:
         n = (images.count() if rows is None else rows) + (previous.count() if previous is not None else 0)
         if n <= config.driver_max_rows:
-            dups = driver.duplicates_frame(spark, driver.deduplicate_on_driver(spark, images, previous, config))
-            return images.join(dups.select("source_uri"), "source_uri", "left_anti"), dups
+            return driver.duplicates_table(driver.deduplicate_on_driver(spark, images, previous, config))
     parts = _partitions(spark, config)
     prev_conf = spark.conf.get("spark.sql.shuffle.partitions")
     spark.conf.set("spark.sql.shuffle.partitions", str(parts))
@@ -102,7 +114,7 @@ def deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | No
         spark.conf.set("spark.sql.shuffle.partitions", prev_conf)
 
 
-def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | None, config: DedupConfig) -> tuple[DataFrame, DataFrame]:
+def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | None, config: DedupConfig) -> DataFrame:
     ranked = assign_ranks(images, previous)
     clash = ranked.groupBy("source_uri").count().filter(F.col("count") > 1).limit(3).collect()
     if clash:
@@ -173,7 +185,4 @@ def _deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | N
             "similarity",
         )
     )
-    dups = _checkpoint(dups)
-    kept_uris = fate.filter(F.col("kept_by").isNull()).select("source_uri")
-    kept = images.join(kept_uris, "source_uri", "left_semi").select(*images.columns)
-    return kept, dups
+    return _checkpoint(dups)

@@ -252,8 +252,13 @@ def deduplicate_on_driver(spark: SparkSession, images: DataFrame, previous: Data
     }, columns=DUPLICATES_COLUMNS)
 
 
-def duplicates_frame(spark: SparkSession, dups: pd.DataFrame) -> DataFrame:
+def duplicates_table(dups: pd.DataFrame) -> pa.Table:
+    """deduplicate_on_driver's rows as Arrow (DUPLICATES_SCHEMA)."""
     # column by column from numpy: from_pandas would turn an unverified pair's NaN similarity into null
-    table = pa.Table.from_arrays([pa.array(dups[f.name].to_numpy(), f.type) for f in DUPLICATES_SCHEMA], schema=DUPLICATES_SCHEMA)
+    return pa.Table.from_arrays([pa.array(dups[f.name].to_numpy(), f.type) for f in DUPLICATES_SCHEMA], schema=DUPLICATES_SCHEMA)
+
+
+def duplicates_frame(spark: SparkSession, table: pa.Table) -> DataFrame:
+    """duplicates_table's rows as a Spark DataFrame."""
     # a local table is split over the default parallelism; duplicates are few, so one file per ~500k rows
     return spark.createDataFrame(table).coalesce(max(1, table.num_rows // 500_000))

@@ -230,3 +230,30 @@ def test_spark_submit_runs_the_job_file(tmp_path, venv_bin, subprocess_env):
     assert m.classes == ["k"] and "written" in proc.stdout
     # progress lines while it runs (spark-submit merges the Python driver's stderr into its stdout)
     assert "] decode" in proc.stdout + proc.stderr
+
+
+def test_stats_count_only_the_kept_images(spark, tmp_path):
+    """The manifest's classes, label counts, channels and mean/std describe the written images, not every valid
+    input: the dropped duplicates' share (a class made only of a duplicate, a colour copy of a grey picture) is
+    taken out of the decode stage's sums."""
+    root = tmp_path / "in"
+    for cls, seeds in {"a": (1, 2, 3), "b": (4, 5)}.items():
+        (root / cls).mkdir(parents=True)
+        for s in seeds:
+            photo_like(96, 96, seed=s).convert("L").save(root / cls / f"p{s}.png")
+    (root / "c").mkdir()
+    (root / "c" / "copy.png").write_bytes((root / "a" / "p1.png").read_bytes())            # exact: class c is empty
+    grey = np.asarray(Image.open(root / "b" / "p4.png").convert("RGB").resize((80, 80), Image.Resampling.LANCZOS)).astype(np.int16)
+    tinted = np.clip(grey + np.array([3, 0, -3]), 0, 255).astype(np.uint8)                  # a colour near duplicate, ranked
+    Image.fromarray(tinted, "RGB").save(root / "b" / "tinted.png")                          # below its grey 96 px original
+    out = tmp_path / "out"
+    assert main([str(root), "--output", str(out), "--resolution", "32", "--labels", "dirs", "--master", "local[2]"]) == 0
+    m = Manifest.read(str(out))
+    dups = pads.dataset(str(out / "duplicates"), format="parquet", partitioning="hive").to_table().to_pylist()
+    assert sorted((d["source_uri"].rsplit("/", 2)[-2], d["kind"]) for d in dups) == [("b", "near"), ("c", "exact")]
+    table = _images(out)
+    assert m.classes == ["a", "b"] and m.label_counts == {"a": 3, "b": 2} and m.counts["written"] == table.num_rows == 5
+    assert m.channels == 1  # every kept image is grey; the dropped tinted copy is not
+    pixels = np.stack([np.frombuffer(p, np.uint8) for p in table.column("pixels").to_pylist()]) / 255.0
+    assert m.pixel_mean == pytest.approx([pixels.mean()], abs=1e-5)
+    assert m.pixel_std == pytest.approx([pixels.std()], abs=1e-5)
