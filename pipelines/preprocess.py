@@ -664,13 +664,13 @@ def _run(job: _Job, inputs: list[str], timings: dict[str, float], progress: Prog
     staged = decoded.table
     images = staged.where(F.col("kind") == KIND_IMAGE)
     rejects = staged.where(F.col("kind") == KIND_REJECT)
-    kept, duplicates = images, None
+    kept, duplicates, dropped = images, None, {}
     if job.cfg.dedup:
         with _timed(timings, "dedup", progress):
             progress.count("deduplicated", None, decoded.valid)
-            kept, duplicates = dedup(job, images, src.partitions, decoded.valid)
+            kept, duplicates, dropped = dedup(job, images, src.partitions, decoded.valid)
     with _timed(timings, "stats", progress):
-        stats = compute_stats(job, src, decoded, kept, duplicates)
+        stats = compute_stats(job, src, decoded, kept, duplicates, dropped)
     with _timed(timings, "write", progress):
         progress.count("written", None, stats.written)
         write_tables(job, stats, kept, rejects if sum(decoded.rejected.values()) else None)
@@ -771,21 +771,26 @@ def reject_hint(cfg: PreprocessConfig, reason: str) -> str:
     return hints.get(reason, "no setting accepts these files; repair or remove them")
 
 
-def dedup(job: _Job, images: DataFrame, partitions: int, rows: int) -> tuple[DataFrame, DataFrame | None]:
-    """(kept, duplicates): exact (bytes or pixels) and near (pHash + pixel test) duplicates, within this run
+def dedup(job: _Job, images: DataFrame, partitions: int, rows: int) -> tuple[DataFrame, DataFrame | None, dict | None]:
+    """(kept, duplicates, dropped): exact (bytes or pixels) and near (pHash + pixel test) duplicates, within this run
     and against earlier runs' images. The duplicates rows are written here, once, as the run's duplicates/ table
     under staging (by pyarrow on the driver when the driver decided them and OUT is local), and `kept` is this
     run's images less the written rows, so stats and write agree and nothing re-runs the dedup plan.
-    duplicates is None when there are none."""
+    duplicates is None when there are none. dropped: the dropped images' LABEL_STATS per label when the driver
+    decided (it carried their columns), else None."""
     cfg = job.cfg
     previous = read_listed(job.spark, job.layout, job.prior, "images", images_spark()) if job.prior is not None else None
     dedup_cfg = DedupConfig(near_distance=cfg.near_dup_distance, partitions=partitions,
                             **({"min_similarity": cfg.min_similarity} if cfg.min_similarity is not None else {}))
-    found = find_duplicates(job.spark, images, previous, dedup_cfg, rows=rows)
+    found = find_duplicates(job.spark, images, previous, dedup_cfg, rows=rows, carry=("label", "is_grey", *PIXEL_SUMS))
+    if isinstance(found, pa.Table) and found.num_rows == 0:
+        return images, None, {}
     table_dir = f"{job.staging}/duplicates"
     local = os_path(f"{table_dir}/run_id={job.run_id}")
-    if isinstance(found, pa.Table) and found.num_rows == 0:
-        return images, None
+    dropped = None
+    if isinstance(found, pa.Table):
+        dropped = _label_stats(found.to_pandas())
+        found = found.select(DUPLICATES_ARROW.names[:-1])
     if isinstance(found, pa.Table) and local is not None:
         os.makedirs(local)
         schema = pa.schema([f for f in DUPLICATES_ARROW if f.name != "run_id"], metadata=DUPLICATES_ARROW.metadata)
@@ -795,22 +800,33 @@ def dedup(job: _Job, images: DataFrame, partitions: int, rows: int) -> tuple[Dat
         dups = duplicates_frame(job.spark, found) if isinstance(found, pa.Table) else found
         _non_null(dups.withColumn("run_id", F.lit(job.run_id)), DUPLICATES_ARROW).write.partitionBy("run_id").parquet(table_dir)
     duplicates = job.spark.read.schema(duplicates_spark()).parquet(table_dir)
-    return images.join(duplicates.select("source_uri"), "source_uri", "left_anti"), duplicates
+    return images.join(duplicates.select("source_uri"), "source_uri", "left_anti"), duplicates, dropped
 
 
-def compute_stats(job: _Job, src: _Inputs, decoded: Staged, kept: DataFrame, duplicates: DataFrame | None) -> _Stats:
+def _label_stats(rows) -> dict[str | None, list[int]]:
+    """LABEL_STATS per label of some image rows (a pandas frame with label, is_grey and PIXEL_SUMS)."""
+    rows = rows.assign(n=1, colour=~rows["is_grey"].fillna(False).astype(bool), label=rows["label"].astype(object))
+    sums = rows.groupby("label", dropna=False)[list(LABEL_STATS)].sum()
+    return {None if isinstance(label, float) and math.isnan(label) else label: [int(v) for v in values]
+            for label, values in zip(sums.index, sums.to_numpy())}
+
+
+def compute_stats(job: _Job, src: _Inputs, decoded: Staged, kept: DataFrame, duplicates: DataFrame | None,
+                  dropped: dict | None) -> _Stats:
     """Classes, label counts, the stored channel count and the channel sums of the kept images: the decode tasks'
-    per-label sums (Staged.by_label) less those of the dropped duplicates, which one aggregation over only the
-    dropped rows gives (no Spark job when nothing was dropped)."""
+    per-label sums (Staged.by_label) less those of the dropped duplicates, which `dedup` gives when the driver decided,
+    else one aggregation over only the dropped rows (no Spark job either way when nothing was dropped)."""
     cfg, prior = job.cfg, job.prior
     by_label = {label: list(values) for label, values in decoded.by_label.items()}
-    if duplicates is not None:
-        dropped = decoded.table.where(F.col("kind") == KIND_IMAGE).join(duplicates.select("source_uri"), "source_uri", "left_semi")
-        for r in dropped.groupBy("label").agg(F.count(F.lit(1)).alias("n"), F.sum((~F.col("is_grey")).cast("long")).alias("colour"),
-                                              *[F.sum(c).alias(c) for c in PIXEL_SUMS]).collect():
-            have = by_label[r["label"]]
-            for i, name in enumerate(LABEL_STATS):
-                have[i] -= int(r[name] or 0)
+    if dropped is None and duplicates is not None:
+        rows = decoded.table.where(F.col("kind") == KIND_IMAGE).join(duplicates.select("source_uri"), "source_uri", "left_semi")
+        dropped = {r["label"]: [int(r[c] or 0) for c in LABEL_STATS] for r in rows.groupBy("label").agg(
+            F.count(F.lit(1)).alias("n"), F.sum((~F.col("is_grey")).cast("long")).alias("colour"),
+            *[F.sum(c).alias(c) for c in PIXEL_SUMS]).collect()}
+    for label, values in (dropped or {}).items():
+        have = by_label[label]
+        for i, v in enumerate(values):
+            have[i] -= v
     by_label = {label: dict(zip(LABEL_STATS, values)) for label, values in by_label.items() if values[0] > 0}
     new_classes = sorted(label for label in by_label if label is not None)
     # Earlier runs' label_index values stay valid: new classes are appended after the known ones.

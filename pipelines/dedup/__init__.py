@@ -42,6 +42,8 @@ decisions on the driver for runs up to driver_max_rows); this module composes th
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -96,15 +98,16 @@ def deduplicate(spark: SparkSession, images: DataFrame, previous: DataFrame | No
 
 
 def find_duplicates(spark: SparkSession, images: DataFrame, previous: DataFrame | None, config: DedupConfig,
-                    rows: int | None = None) -> pa.Table | DataFrame:
+                    rows: int | None = None, carry: Sequence[str] = ()) -> pa.Table | DataFrame:
     """`deduplicate`'s duplicates rows alone: an Arrow table (driver.DUPLICATES_SCHEMA) already decided on the driver
     when the run has at most driver_max_rows images with the earlier runs', else the distributed path's Spark DataFrame
     (checkpointed: computed once). A caller writing the rows itself skips the Spark job that turning a
-    driver table into a DataFrame and writing it costs."""
+    driver table into a DataFrame and writing it costs. The driver's table also holds each dropped image's `carry`
+    columns of `images` (after DUPLICATES_COLUMNS); the DataFrame does not."""
     if config.driver_max_rows:
         n = (images.count() if rows is None else rows) + (previous.count() if previous is not None else 0)
         if n <= config.driver_max_rows:
-            return driver.duplicates_table(driver.deduplicate_on_driver(spark, images, previous, config))
+            return driver.duplicates_table(driver.deduplicate_on_driver(spark, images, previous, config, carry=carry))
     parts = _partitions(spark, config)
     prev_conf = spark.conf.get("spark.sql.shuffle.partitions")
     spark.conf.set("spark.sql.shuffle.partitions", str(parts))

@@ -19,6 +19,8 @@ it on the same inputs), and is a superset of the LSH path's pairs where that one
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -38,11 +40,13 @@ DUPLICATES_SCHEMA = pa.schema([("source_uri", pa.string()), ("kept_source_uri", 
 _PAIR_CHUNK = 4_000_000  # candidate pairs filtered per numpy step (~100 MB of temporaries)
 
 
-def compact_table(images: DataFrame, previous: DataFrame | None) -> pd.DataFrame:
-    """The compact rows of this run's images and the earlier runs' (is_prev), collected in one job."""
-    slim = images.select(*COMPACT_COLUMNS, F.lit(False).alias("is_prev"))
+def compact_table(images: DataFrame, previous: DataFrame | None, carry: Sequence[str] = ()) -> pd.DataFrame:
+    """The compact rows of this run's images and the earlier runs' (is_prev), collected in one job, with the `carry`
+    columns of `images` (null on the earlier runs' rows) for the caller to read off the dropped rows."""
+    slim = images.select(*COMPACT_COLUMNS, *carry, F.lit(False).alias("is_prev"))
     if previous is not None:
-        slim = slim.unionByName(previous.select(*COMPACT_COLUMNS, F.lit(True).alias("is_prev")))
+        nulls = [F.lit(None).cast(images.schema[c].dataType).alias(c) for c in carry]
+        slim = slim.unionByName(previous.select(*COMPACT_COLUMNS, *nulls, F.lit(True).alias("is_prev")))
     return slim.toArrow().to_pandas()
 
 
@@ -192,10 +196,11 @@ def greedy_keep(n_nodes: int, a: np.ndarray, b: np.ndarray, verified) -> tuple[n
 
 
 def deduplicate_on_driver(spark: SparkSession, images: DataFrame, previous: DataFrame | None, config: DedupConfig,
-                          rows: pd.DataFrame | None = None) -> pd.DataFrame:
+                          rows: pd.DataFrame | None = None, carry: Sequence[str] = ()) -> pd.DataFrame:
     """dedup.deduplicate's decision for a run whose compact table fits on the driver -> the duplicates rows
-    (DUPLICATES_COLUMNS), one per dropped image of `images`. `rows`: the compact table, if already collected."""
-    ranked = rank(compact_table(images, previous) if rows is None else rows)
+    (DUPLICATES_COLUMNS, then the dropped image's `carry` columns), one per dropped image of `images`. `rows`: the
+    compact table (with the carry columns), if already collected."""
+    ranked = rank(compact_table(images, previous, carry) if rows is None else rows)
     ids = ranked["id"].to_numpy()
     grp = exact_groups(ranked)
     is_prev = ranked["is_prev"].to_numpy(bool)
@@ -243,22 +248,29 @@ def deduplicate_on_driver(spark: SparkSession, images: DataFrame, previous: Data
     distance = np.where(exact, 0, _popcount(hashes[rows_new] ^ hashes[target])).astype(np.int32)
     similarity_ = np.where(exact, np.float32(1.0), rep_similarity[g[dropped]]).astype(np.float32)
     uris = ranked["source_uri"].to_numpy()
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "source_uri": uris[rows_new],
         "kept_source_uri": uris[target],
         "kind": np.where(exact, DuplicateKind.EXACT.value, DuplicateKind.NEAR.value),
         "distance": distance,
         "similarity": similarity_,
     }, columns=DUPLICATES_COLUMNS)
+    for c in carry:
+        out[c] = ranked[c].to_numpy()[rows_new]
+    return out
 
 
 def duplicates_table(dups: pd.DataFrame) -> pa.Table:
-    """deduplicate_on_driver's rows as Arrow (DUPLICATES_SCHEMA)."""
+    """deduplicate_on_driver's rows as Arrow: DUPLICATES_SCHEMA, then any carried columns as pandas has them."""
     # column by column from numpy: from_pandas would turn an unverified pair's NaN similarity into null
-    return pa.Table.from_arrays([pa.array(dups[f.name].to_numpy(), f.type) for f in DUPLICATES_SCHEMA], schema=DUPLICATES_SCHEMA)
+    table = pa.Table.from_arrays([pa.array(dups[f.name].to_numpy(), f.type) for f in DUPLICATES_SCHEMA], schema=DUPLICATES_SCHEMA)
+    for c in dups.columns[len(DUPLICATES_SCHEMA):]:
+        table = table.append_column(c, pa.Array.from_pandas(dups[c]))
+    return table
 
 
 def duplicates_frame(spark: SparkSession, table: pa.Table) -> DataFrame:
-    """duplicates_table's rows as a Spark DataFrame."""
+    """duplicates_table's rows (DUPLICATES_SCHEMA's columns) as a Spark DataFrame."""
+    table = table.select(DUPLICATES_SCHEMA.names)
     # a local table is split over the default parallelism; duplicates are few, so one file per ~500k rows
     return spark.createDataFrame(table).coalesce(max(1, table.num_rows // 500_000))

@@ -1,6 +1,7 @@
 """End to end: the preprocess job on a generated corpus of every input kind (real Spark, real files)."""
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 
@@ -12,7 +13,9 @@ import pytest
 from PIL import Image
 
 from jobs.preprocess import main
+from pipelines import preprocess as preprocess_module
 from pipelines.config import LabelMode, PreprocessConfig
+from pipelines.dedup import DedupConfig
 from pipelines.preprocess import DatasetExistsError, InjectedFault, run_preprocess
 from schemas.images import IMAGES_ARROW, REJECTS_ARROW, SCHEMA_VERSION, RejectReason
 from schemas.layout import Manifest
@@ -232,10 +235,14 @@ def test_spark_submit_runs_the_job_file(tmp_path, venv_bin, subprocess_env):
     assert "] decode" in proc.stdout + proc.stderr
 
 
-def test_stats_count_only_the_kept_images(spark, tmp_path):
+@pytest.mark.parametrize("decided_by", ["driver", "spark"])
+def test_stats_count_only_the_kept_images(spark, tmp_path, monkeypatch, decided_by):
     """The manifest's classes, label counts, channels and mean/std describe the written images, not every valid
     input: the dropped duplicates' share (a class made only of a duplicate, a colour copy of a grey picture) is
-    taken out of the decode stage's sums."""
+    taken out of the decode stage's sums, whether the driver decided the dedup (it carries the dropped rows' sums)
+    or the distributed path did (one aggregation over the dropped rows)."""
+    if decided_by == "spark":
+        monkeypatch.setattr(preprocess_module, "DedupConfig", functools.partial(DedupConfig, driver_max_rows=0))
     root = tmp_path / "in"
     for cls, seeds in {"a": (1, 2, 3), "b": (4, 5)}.items():
         (root / cls).mkdir(parents=True)
