@@ -35,7 +35,7 @@ from pipelines import similarity  # noqa: E402
 from pipelines.config import PreprocessConfig  # noqa: E402
 from pipelines.decode import Decoded, process_image  # noqa: E402
 from pipelines.dedup import LOSSY_FORMATS  # noqa: E402
-from pipelines.phash import phash_batch  # noqa: E402
+from pipelines.phash import VIEWS, canonical_grays, hamming, phash_batch, view_hashes  # noqa: E402
 from schemas.uri import uri_to_path  # noqa: E402
 
 OLD_NEAR_DISTANCE, OLD_VERIFY_DISTANCE = 8, 56   # the rule before pipelines/similarity.py
@@ -65,6 +65,9 @@ class Files:
         # Old rule: 256-bit pHash of the stored pixels; baseline: 64-bit pHash of the original file.
         self.phash256 = np.stack([_imagehash_bits(Image.fromarray(p), 16) for p in self.pixels])
         self.phash_file = np.stack([_imagehash_bits(Image.open(io.BytesIO(r[3])), 8) for r in rows])
+        # View pHashes (pipelines/phash.py VIEWS), of the file decoded at full size (the job's JPEG draft aside)
+        greys = [canonical_grays(Image.open(io.BytesIO(r[3])).convert("RGB")) for r in rows]
+        self.views = view_hashes(np.stack([g[0] for g in greys]), np.stack([g[1] for g in greys]))
         self.truth = corpus.groups
 
 
@@ -161,6 +164,24 @@ def distributions(files: Files, distance: int, min_similarity: float) -> list[st
     return lines
 
 
+def candidate_recall(files: Files, distance: int) -> list[str]:
+    """Per variant kind: of its files, how many are within `distance` of their original by the whole pHash, and
+    by the best of the view channels (zoom against whole either way, each mask against the same mask)."""
+    pos = {u: k for k, u in enumerate(files.uris)}
+    lines = []
+    for kind in sorted(set(files.kind.tolist()) - {ORIGINAL}):
+        ks = np.flatnonzero(files.kind == kind)
+        os_ = np.array([pos[files.truth[files.uris[k]]] for k in ks])
+        whole = hamming(files.phash[ks], files.phash[os_])
+        zoom = np.minimum(hamming(files.views[ks, 0], files.phash[os_]), hamming(files.phash[ks], files.views[os_, 0]))
+        masks = np.min([hamming(files.views[ks, v], files.views[os_, v]) for v in range(1, len(VIEWS))], axis=0)
+        best = np.minimum(whole, np.minimum(zoom, masks))
+        lines.append(f"  {kind:16s} {len(ks):3d} files: within {distance} by whole pHash {int((whole <= distance).sum()):3d} "
+                     f"(max {int(whole.max()):2d}), with views {int((best <= distance).sum()):3d} (max {int(best.max()):2d}; "
+                     f"zoom max {int(zoom.max())}, masks max {int(masks.max())})")
+    return lines
+
+
 def cost_per_pair_us(files: Files, pairs: int = 200_000) -> float:
     rng = np.random.default_rng(0)
     a = [files.signature[k] for k in rng.integers(len(files.signature), size=pairs)]
@@ -200,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| corpus | files | groups | " + " | ".join(f"{m}: P / R / lost" for m in methods) + " |")
         print("|---|---|---|" + "---|" * len(methods))
         details = []
+        views: list[tuple[str, list[str]]] = []
         for name, make in corpora.items():
             files = Files(make(), args.resolution)
             cells = []
@@ -208,10 +230,16 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(f"{p:.4f} / {r:.4f} / {lost:.2%}")
             print(f"| {name} | {len(files.uris)} | {len(set(files.group.tolist()))} | " + " | ".join(cells) + " |", flush=True)
             details.append((name, distributions(files, args.distance, args.min_similarity)))
+            if "photos" in name:
+                views.append((name, candidate_recall(files, args.distance)))
             if name.startswith("held-out photos"):
                 cost = cost_per_pair_us(files)
     print(f"\n# ours, similarity of candidate pairs (pHash within {args.distance}) per variant kind")
     for name, lines in details:
+        print(name)
+        print("\n".join(lines))
+    print(f"\n# candidates: variant files within pHash {args.distance} of their original, whole hash vs view hashes (11/14)")
+    for name, lines in views:
         print(name)
         print("\n".join(lines))
     print(f"\nsimilarity cost: {cost:.2f} us per pair (batches of 4096); elapsed {time.time() - t0:.0f}s")

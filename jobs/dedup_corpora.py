@@ -31,7 +31,12 @@ ORIGINAL = "original"
 DIGIT_VARIANTS = ("byte_copy", "upscale_2x", "jpeg", "darker", "rgb_blur")
 # Variants of a photo (the original is an RGB PNG).
 PHOTO_VARIANTS = ("byte_copy", "resize_0.5", "resize_0.75", "jpeg_q40", "jpeg_q60", "jpeg_q75", "jpeg_q95",
-                  "png_resave", "brightness_1.04", "crop_2pct", "blur_r1", "watermark")
+                  "png_resave", "brightness_1.04", "crop_2pct", "crop_3pct", "crop_5pct", "crop_4pct_kept",
+                  "crop_mixed", "blur_r1", "watermark", "logo_corner", "logo_centre", "text_centre")
+# Variants that cover part of the picture (an overlay) or cut its borders (a crop), for recall by kind.
+OVERLAY_VARIANTS = ("watermark", "logo_corner", "logo_centre", "text_centre")
+CROP_VARIANTS = ("crop_2pct", "crop_3pct", "crop_5pct", "crop_4pct_kept", "crop_mixed")
+MAX_OVERLAY_AREA = 0.05  # an opaque overlay covers at most this fraction of the picture
 
 MIN_PHOTO_SIDE = 256  # photo bases (and crops of them) are at least this many pixels on the short side
 
@@ -207,6 +212,58 @@ def watermark(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
 
 
+def _overlay_box(w: int, h: int, rng: np.random.Generator, where: str) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of an overlay of 3-5% of the picture's area, aspect 1:1 to 3:1 (wide), in a
+    random corner 2-4% from the borders (where="corner") or centred (where="centre")."""
+    area = rng.uniform(0.03, MAX_OVERLAY_AREA) * w * h
+    aspect = rng.uniform(1.0, 3.0)
+    bw = min(w - 2, max(4, round(np.sqrt(area * aspect))))
+    bh = min(h - 2, max(4, round(area / bw)))
+    if where == "centre":
+        left, top = (w - bw) // 2, (h - bh) // 2
+    else:
+        margin = round(rng.uniform(0.02, 0.04) * min(w, h))
+        corner = int(rng.integers(4))
+        left = margin if corner % 2 == 0 else w - margin - bw
+        top = margin if corner // 2 == 0 else h - margin - bh
+    return left, top, left + bw, top + bh
+
+
+def logo(img: Image.Image, rng: np.random.Generator, where: str) -> Image.Image:
+    """An opaque logo: a solid rounded badge with a disc and a letter of another colour, 3-5% of the area."""
+    out = img.copy()
+    d = ImageDraw.Draw(out)
+    box = _overlay_box(*img.size, rng, where)
+    fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+    ink = tuple(255 - v for v in fill)
+    d.rounded_rectangle(box, radius=max(1, (box[3] - box[1]) // 5), fill=fill)
+    side = box[3] - box[1]
+    d.ellipse((box[0] + side // 6, box[1] + side // 6, box[0] + side - side // 6, box[3] - side // 6), fill=ink)
+    font = ImageFont.load_default(size=max(8, side // 2))
+    d.text((box[0] + side + 2, box[1] + side // 4), str(rng.choice(list("AKMQRSXZ"))), font=font, fill=ink)
+    return _clip_to(out, img, box)
+
+
+def text_banner(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Opaque text on an opaque banner at the centre, 3-5% of the area (a caption burnt in)."""
+    out = img.copy()
+    d = ImageDraw.Draw(out)
+    box = _overlay_box(*img.size, rng, "centre")
+    back = (0, 0, 0) if rng.random() < 0.5 else (255, 255, 255)
+    d.rectangle(box, fill=back)
+    text = str(rng.choice(["SAMPLE", "PREVIEW", "(c) 2026", "NOT FOR SALE"]))
+    font = ImageFont.load_default(size=max(8, round(0.7 * (box[3] - box[1]))))
+    d.text((box[0] + 2, box[1]), text, font=font, fill=tuple(255 - v for v in back))
+    return _clip_to(out, img, box)  # the text stays inside its banner: the overlay is the banner
+
+
+def _clip_to(edited: Image.Image, original: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """`edited` inside `box`, `original` elsewhere."""
+    out = original.copy()
+    out.paste(edited.crop(box), box[:2])
+    return out
+
+
 def photo_variant(img: Image.Image, kind: str, rng: np.random.Generator) -> tuple[str, bytes]:
     """-> (file suffix, bytes) of one PHOTO_VARIANTS variant (not byte_copy) of an RGB photo. Lossy
     variants are JPEG, every other edit is saved as PNG so that each file carries exactly one edit."""
@@ -220,10 +277,24 @@ def photo_variant(img: Image.Image, kind: str, rng: np.random.Generator) -> tupl
         return ".png", _encode(img, "PNG", compress_level=1)  # same pixels, other bytes
     if kind == "brightness_1.04":
         return ".png", _encode(ImageEnhance.Brightness(img).enhance(1.04), "PNG")
-    if kind == "crop_2pct":
-        # a 2% border off every side (96% of the width and height kept), resized back to the original size.
-        dx, dy = round(0.02 * w), round(0.02 * h)
+    if kind in ("crop_2pct", "crop_3pct", "crop_5pct"):
+        # a 2/3/5% border off every side, resized back to the original size.
+        f = int(kind[5]) / 100
+        dx, dy = round(f * w), round(f * h)
         return ".png", _encode(img.crop((dx, dy, w - dx, h - dy)).resize((w, h), Image.Resampling.LANCZOS), "PNG")
+    if kind == "crop_4pct_kept":
+        dx, dy = round(0.04 * w), round(0.04 * h)  # 4% off every side, not resized back
+        return ".png", _encode(img.crop((dx, dy, w - dx, h - dy)), "PNG")
+    if kind == "crop_mixed":
+        # 2-5% off each side independently (a shift as well as a zoom), not resized back
+        left, top, right, bottom = (round(rng.uniform(0.02, 0.05) * s) for s in (w, h, w, h))
+        return ".png", _encode(img.crop((left, top, w - right, h - bottom)), "PNG")
+    if kind == "logo_corner":
+        return ".png", _encode(logo(img, rng, "corner"), "PNG")
+    if kind == "logo_centre":
+        return ".png", _encode(logo(img, rng, "centre"), "PNG")
+    if kind == "text_centre":
+        return ".png", _encode(text_banner(img, rng), "PNG")
     if kind == "blur_r1":
         return ".png", _encode(img.filter(ImageFilter.GaussianBlur(1)), "PNG")
     if kind == "watermark":

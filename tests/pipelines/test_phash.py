@@ -70,3 +70,36 @@ def test_hamming_matches_imagehash_distance():
 def test_wrong_shape_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\(B, 32, 32\)"):
         phash_batch(np.zeros((2, 16, 16), np.uint8))
+
+
+def test_canonical_grays_whole_is_imagehash_input_and_zoom_is_the_centre_crop():
+    from pipelines.phash import ZOOM, canonical_grays
+
+    for i, im in enumerate(_many_images()[:40]):
+        whole, zoom = canonical_grays(im)
+        assert np.array_equal(whole, canonical_gray(im)), i
+        w, h = im.size
+        box = (ZOOM * w, ZOOM * h, w - ZOOM * w, h - ZOOM * h)
+        assert np.array_equal(zoom, np.asarray(im.convert("L").resize((32, 32), Image.Resampling.LANCZOS, box=box))), i
+
+
+def test_a_mask_view_ignores_what_changes_inside_its_region_and_only_that():
+    """An overlay inside one mask region leaves that view's hash exactly as it was (the fill is the mean of the
+    rest, which the overlay does not touch); the whole pHash moves."""
+    from pipelines.phash import _MASKS, VIEWS, canonical_grays, view_hashes
+
+    rng = np.random.default_rng(1)
+    moved = 0
+    for seed in range(20):
+        base = photo_like(96, 96, seed=100 + seed)
+        whole, zoom = canonical_grays(base)
+        for k, name in enumerate(VIEWS[1:], start=1):
+            top, left, bottom, right = _MASKS[name]
+            covered = whole.copy()
+            covered[top + 2:bottom - 2, left + 2:right - 2] = rng.integers(0, 256, (bottom - top - 4, right - left - 4))
+            before, after = view_hashes(np.stack([whole, covered]), np.stack([zoom, zoom]))
+            assert before[k] == after[k], (seed, name)
+            others = [j for j in range(1, len(VIEWS)) if j != k]
+            assert any(before[j] != after[j] for j in others), (seed, name)  # the other views see the overlay
+            moved += int(phash_batch(np.stack([whole, covered]))[0] != phash_batch(np.stack([whole, covered]))[1])
+    assert moved >= 90  # the whole hash almost always moves: the views are what catches an overlaid copy
