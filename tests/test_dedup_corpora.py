@@ -1,6 +1,8 @@
 """The photo corpus's crop and overlay variants are what their names promise (issue 11/14)."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -9,8 +11,6 @@ from tests.pipelines.imagefactory import photo_like
 
 
 def _decode(blob: bytes) -> np.ndarray:
-    import io
-
     return np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")).astype(np.int16)
 
 
@@ -22,6 +22,6 @@ def test_overlays_cover_at_most_five_percent_and_crops_cut_two_to_five_percent()
         for kind in OVERLAY_VARIANTS:
             changed = np.abs(_decode(photo_variant(base, kind, rng)[1]) - orig).max(axis=2) > 0
             assert 0 < changed.mean() <= MAX_OVERLAY_AREA + 0.005, (kind, seed, changed.mean())
-        w, h = Image.open(__import__("io").BytesIO(photo_variant(base, "crop_mixed", rng)[1])).size
+        w, h = Image.open(io.BytesIO(photo_variant(base, "crop_mixed", rng)[1])).size
         assert 0.90 * 300 <= w <= 0.96 * 300 + 1 and 0.90 * 240 <= h <= 0.96 * 240 + 1
     assert {"crop_3pct", "crop_5pct", "crop_4pct_kept", "crop_mixed", "logo_corner", "logo_centre", "text_centre"} <= set(PHOTO_VARIANTS)
