@@ -35,7 +35,7 @@ from pipelines import similarity  # noqa: E402
 from pipelines.config import PreprocessConfig  # noqa: E402
 from pipelines.decode import Decoded, process_image  # noqa: E402
 from pipelines.dedup import LOSSY_FORMATS  # noqa: E402
-from pipelines.phash import VIEWS, canonical_grays, hamming, phash_batch, view_hashes  # noqa: E402
+from pipelines.phash import VIEWS, ZOOMS, canonical_grays, hamming, phash_batch, view_hashes  # noqa: E402
 from schemas.uri import uri_to_path  # noqa: E402
 
 OLD_NEAR_DISTANCE, OLD_VERIFY_DISTANCE = 8, 56   # the rule before pipelines/similarity.py
@@ -173,8 +173,9 @@ def candidate_recall(files: Files, distance: int) -> list[str]:
         ks = np.flatnonzero(files.kind == kind)
         os_ = np.array([pos[files.truth[files.uris[k]]] for k in ks])
         whole = hamming(files.phash[ks], files.phash[os_])
-        zoom = np.minimum(hamming(files.views[ks, 0], files.phash[os_]), hamming(files.phash[ks], files.views[os_, 0]))
-        masks = np.min([hamming(files.views[ks, v], files.views[os_, v]) for v in range(1, len(VIEWS))], axis=0)
+        zoom = np.min([np.minimum(hamming(files.views[ks, v], files.phash[os_]), hamming(files.phash[ks], files.views[os_, v]))
+                       for v in range(len(ZOOMS))], axis=0)
+        masks = np.min([hamming(files.views[ks, v], files.views[os_, v]) for v in range(len(ZOOMS), len(VIEWS))], axis=0)
         best = np.minimum(whole, np.minimum(zoom, masks))
         lines.append(f"  {kind:16s} {len(ks):3d} files: within {distance} by whole pHash {int((whole <= distance).sum()):3d} "
                      f"(max {int(whole.max()):2d}), with views {int((best <= distance).sum()):3d} (max {int(best.max()):2d}; "

@@ -34,12 +34,12 @@ def canonical_gray(image: Image.Image) -> np.ndarray:
 # One 64-bit pHash moves 14-22 bits when 5% of a photo's side is cropped away or 5% of its area is covered by a
 # logo (docs/dedup.md), past any radius digits can afford. Each image therefore also gets the pHashes of views
 # of itself, each compared only with its counterpart on the other image (pipelines/dedup/candidates.py channels):
-#   zoom      the centre crop that cuts ZOOM of the side from every border, resized to 32 x 32: compared with the
-#             other image's whole pHash, it meets a copy cropped by 2-5% a side within a few bits;
+#   zoom_*    the centre crops that cut each of ZOOMS of the side from every border, resized to 32 x 32: compared
+#             with the other image's whole pHash, one of them meets a copy cropped by 2-5% a side within a few bits;
 #   mask_*    the whole canonical grey with one region (a corner's MASK_CELLS square, or the centre) filled with the
 #             mean of the rest: an overlay inside that region leaves the hash of the rest unchanged.
-VIEWS = ("zoom", "mask_tl", "mask_tr", "mask_bl", "mask_br", "mask_c")
-ZOOM = 0.035       # fraction of the side cut from each border by the zoom view
+ZOOMS = (0.025, 0.045)  # fractions of the side cut from each border by the zoom views (crops of 2-5%: <= 1% off)
+VIEWS = (*(f"zoom_{z:g}" for z in ZOOMS), "mask_tl", "mask_tr", "mask_bl", "mask_br", "mask_c")
 MASK_CELLS = 14    # side of a corner mask, cells of the 32 x 32 grey (44%: an overlay of 5% of the area, 2-4% in)
 _MASKS = {"mask_tl": (0, 0, MASK_CELLS, MASK_CELLS), "mask_tr": (0, SMALL - MASK_CELLS, MASK_CELLS, SMALL),
           "mask_bl": (SMALL - MASK_CELLS, 0, SMALL, MASK_CELLS), "mask_br": (SMALL - MASK_CELLS, SMALL - MASK_CELLS, SMALL, SMALL),
@@ -47,21 +47,20 @@ _MASKS = {"mask_tl": (0, 0, MASK_CELLS, MASK_CELLS), "mask_tr": (0, SMALL - MASK
 
 
 def canonical_grays(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """(whole, zoom): `canonical_gray(image)` (bit for bit imagehash's) and the ZOOM centre crop, both (32, 32)
-    uint8, from one conversion to grey."""
+    """(whole, zooms): `canonical_gray(image)` (bit for bit imagehash's), (32, 32) uint8, and the ZOOMS centre
+    crops, (len(ZOOMS), 32, 32) uint8, from one conversion to grey."""
     grey = image.convert("L")
     w, h = grey.size
-    box = (ZOOM * w, ZOOM * h, w - ZOOM * w, h - ZOOM * h)
-    return (np.asarray(grey.resize((SMALL, SMALL), Image.Resampling.LANCZOS)),
-            np.asarray(grey.resize((SMALL, SMALL), Image.Resampling.LANCZOS, box=box)))
+    zooms = [grey.resize((SMALL, SMALL), Image.Resampling.LANCZOS, box=(z * w, z * h, w - z * w, h - z * h)) for z in ZOOMS]
+    return np.asarray(grey.resize((SMALL, SMALL), Image.Resampling.LANCZOS)), np.stack([np.asarray(z) for z in zooms])
 
 
 def view_grays(wholes: np.ndarray, zooms: np.ndarray) -> np.ndarray:
-    """(B, 32, 32) whole and zoom greys -> (B, len(VIEWS), 32, 32) uint8, in VIEWS order."""
+    """(B, 32, 32) whole and (B, len(ZOOMS), 32, 32) zoom greys -> (B, len(VIEWS), 32, 32) uint8, in VIEWS order."""
     out = np.empty((len(wholes), len(VIEWS), SMALL, SMALL), np.uint8)
-    out[:, 0] = zooms
+    out[:, :len(ZOOMS)] = zooms
     flat = wholes.astype(np.float64)
-    for k, name in enumerate(VIEWS[1:], start=1):
+    for k, name in enumerate(VIEWS[len(ZOOMS):], start=len(ZOOMS)):
         top, left, bottom, right = _MASKS[name]
         keep = np.ones((SMALL, SMALL), bool)
         keep[top:bottom, left:right] = False
@@ -72,7 +71,7 @@ def view_grays(wholes: np.ndarray, zooms: np.ndarray) -> np.ndarray:
 
 
 def view_hashes(wholes: np.ndarray, zooms: np.ndarray) -> np.ndarray:
-    """(B, 32, 32) whole and zoom greys -> (B, len(VIEWS)) int64 pHashes of the views, in VIEWS order."""
+    """(B, 32, 32) whole and (B, len(ZOOMS), 32, 32) zoom greys -> (B, len(VIEWS)) int64 pHashes, in VIEWS order."""
     if len(wholes) == 0:
         return np.zeros((0, len(VIEWS)), np.int64)
     views = view_grays(wholes, zooms)

@@ -73,33 +73,35 @@ def test_wrong_shape_is_a_clear_error():
 
 
 def test_canonical_grays_whole_is_imagehash_input_and_zoom_is_the_centre_crop():
-    from pipelines.phash import ZOOM, canonical_grays
+    from pipelines.phash import ZOOMS, canonical_grays
 
     for i, im in enumerate(_many_images()[:40]):
-        whole, zoom = canonical_grays(im)
+        whole, zooms = canonical_grays(im)
         assert np.array_equal(whole, canonical_gray(im)), i
         w, h = im.size
-        box = (ZOOM * w, ZOOM * h, w - ZOOM * w, h - ZOOM * h)
-        assert np.array_equal(zoom, np.asarray(im.convert("L").resize((32, 32), Image.Resampling.LANCZOS, box=box))), i
+        assert zooms.shape == (len(ZOOMS), 32, 32)
+        for z, zoom in zip(ZOOMS, zooms):
+            box = (z * w, z * h, w - z * w, h - z * h)
+            assert np.array_equal(zoom, np.asarray(im.convert("L").resize((32, 32), Image.Resampling.LANCZOS, box=box))), (i, z)
 
 
 def test_a_mask_view_ignores_what_changes_inside_its_region_and_only_that():
     """An overlay inside one mask region leaves that view's hash exactly as it was (the fill is the mean of the
     rest, which the overlay does not touch); the whole pHash moves."""
-    from pipelines.phash import _MASKS, VIEWS, canonical_grays, view_hashes
+    from pipelines.phash import _MASKS, VIEWS, ZOOMS, canonical_grays, view_hashes
 
     rng = np.random.default_rng(1)
     moved = 0
     for seed in range(20):
         base = photo_like(96, 96, seed=100 + seed)
         whole, zoom = canonical_grays(base)
-        for k, name in enumerate(VIEWS[1:], start=1):
+        for k, name in enumerate(VIEWS[len(ZOOMS):], start=len(ZOOMS)):
             top, left, bottom, right = _MASKS[name]
             covered = whole.copy()
             covered[top + 2:bottom - 2, left + 2:right - 2] = rng.integers(0, 256, (bottom - top - 4, right - left - 4))
             before, after = view_hashes(np.stack([whole, covered]), np.stack([zoom, zoom]))
             assert before[k] == after[k], (seed, name)
-            others = [j for j in range(1, len(VIEWS)) if j != k]
+            others = [j for j in range(len(ZOOMS), len(VIEWS)) if j != k]
             assert any(before[j] != after[j] for j in others), (seed, name)  # the other views see the overlay
             plain = phash_batch(np.stack([whole, covered]))
             moved += int(plain[0] != plain[1])
