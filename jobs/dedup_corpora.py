@@ -33,9 +33,8 @@ DIGIT_VARIANTS = ("byte_copy", "upscale_2x", "jpeg", "darker", "rgb_blur")
 PHOTO_VARIANTS = ("byte_copy", "resize_0.5", "resize_0.75", "jpeg_q40", "jpeg_q60", "jpeg_q75", "jpeg_q95",
                   "png_resave", "brightness_1.04", "crop_2pct", "crop_3pct", "crop_5pct", "crop_4pct_kept",
                   "crop_mixed", "blur_r1", "watermark", "logo_corner", "logo_centre", "text_centre")
-# Variants that cover part of the picture (an overlay) or cut its borders (a crop), for recall by kind.
+# Variants that cover part of the picture (an overlay).
 OVERLAY_VARIANTS = ("watermark", "logo_corner", "logo_centre", "text_centre")
-CROP_VARIANTS = ("crop_2pct", "crop_3pct", "crop_5pct", "crop_4pct_kept", "crop_mixed")
 MAX_OVERLAY_AREA = 0.05  # an opaque overlay covers at most this fraction of the picture
 
 MIN_PHOTO_SIDE = 256  # photo bases (and crops of them) are at least this many pixels on the short side

@@ -33,7 +33,8 @@ def canonical_gray(image: Image.Image) -> np.ndarray:
 # ----------------------------------------------------------------------------- view hashes (issue 11/14)
 # One 64-bit pHash moves 14-22 bits when 5% of a photo's side is cropped away or 5% of its area is covered by a
 # logo (docs/dedup.md), past any radius digits can afford. Each image therefore also gets the pHashes of views
-# of itself, each compared only with its counterpart on the other image (pipelines/dedup/candidates.py channels):
+# of itself, each to be compared only with its counterpart on the other image (the candidate step does not search
+# them yet; docs/dedup.md, "Crops and overlays", measures them):
 #   zoom_*    the centre crops that cut each of ZOOMS of the side from every border, resized to 32 x 32: compared
 #             with the other image's whole pHash, one of them meets a copy cropped by 2-5% a side within a few bits;
 #   mask_*    the whole canonical grey with one region (a corner's MASK_CELLS square, or the centre) filled with the
